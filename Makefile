@@ -1,0 +1,45 @@
+# Two commands for a newcomer: `make run` and `make test`. Everything else is here too.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+LISTEN ?= 127.0.0.1:50051
+METRICS_LISTEN ?= 127.0.0.1:9464
+CATALOG ?= catalog/catalog.json
+
+.PHONY: venv proto proto-check run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Install the package (editable) with its test and benchmark extras.
+venv: $(BIN)/.installed
+$(BIN)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $@
+
+# Regenerate cds/v1/*_pb2*.py from protos/ (grpcio-tools is pinned in pyproject).
+proto: venv
+	$(BIN)/python -m grpc_tools.protoc -Iprotos \
+		--python_out=. --pyi_out=. --grpc_python_out=. protos/cds/v1/*.proto
+
+# Fails if the committed generated code is not what protos/ produces.
+proto-check: proto
+	git diff --exit-code -- cds/v1
+
+run: venv proto
+	$(BIN)/cds serve --catalog $(CATALOG) --listen $(LISTEN) --metrics-listen $(METRICS_LISTEN)
+
+test: venv proto
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: venv proto
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache

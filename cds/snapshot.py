@@ -1,0 +1,165 @@
+"""The active catalogue as an immutable, indexed snapshot.
+
+A check must be a handful of dict look-ups, so everything a rule needs is resolved
+here once per catalogue load: codes index their entries, policy severities are a full
+map (defaults filled in), send-out approvals are a set of (institution, test) pairs,
+qualification dates are already the last covered microsecond in the catalogue's time
+zone. A reload builds a whole new Snapshot and the server swaps one reference, so a
+request that read the reference keeps a consistent catalogue to its end.
+
+``cds.catalog`` turns a JSON file into a Snapshot (validation lives there); tests and
+benchmarks may build one directly with :meth:`Snapshot.create`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
+from zoneinfo import ZoneInfo
+
+from cds.domain import (
+    DEFAULT_SEVERITY,
+    US_PER_DAY,
+    US_PER_SECOND,
+    Decision,
+    ItemCategory,
+    OverrideOption,
+    ReasonCode,
+)
+
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+
+
+class Institution(NamedTuple):
+    id: str
+    name: str
+    level: str
+    groups: frozenset[str]
+
+
+class RecognitionItem(NamedTuple):
+    code: str
+    name: str
+    category: ItemCategory  # LAB or EXAM
+    validity_days: int
+    scope: str  # "PROVINCE" | "GROUP"
+    source: str = ""
+
+    @property
+    def validity_us(self) -> int:
+        return self.validity_days * US_PER_DAY
+
+
+class GeneTest(NamedTuple):
+    code: str
+    name: str
+    genes: tuple[str, ...]
+    method: str
+    indications: tuple[str, ...]  # ICD-10 prefixes; () = no indication check
+    price_item_code: str | None  # None = not priced: may not be charged
+    price_fen: int | None
+    requires_mdt_first_visit: bool
+    requires_consent: bool
+    in_house_institutions: frozenset[str]
+    repeat_interval_days: int | None  # None = no repeat check
+    source: str = ""
+
+
+class SendoutLab(NamedTuple):
+    id: str
+    name: str
+    qualification_valid_until: dt.date
+    qualification_end_us: int  # end of that day in the catalogue's zone (exclusive bound)
+    approved: frozenset[tuple[str, str]]  # (institution_id, gene_test_code)
+
+
+def end_of_day_us(day: dt.date, tz: dt.tzinfo) -> int:
+    """First microsecond after ``day`` in ``tz``: a date "is valid through the end of its day"."""
+    nxt = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=tz)
+    return int(nxt.timestamp()) * US_PER_SECOND
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: str
+    effective_date: str
+    timezone: str
+    institutions: Mapping[str, Institution]
+    recognition_items: Mapping[str, RecognitionItem]
+    gene_tests: Mapping[str, GeneTest]
+    sendout_labs: Mapping[str, SendoutLab]
+    override_reasons: Mapping[str, OverrideOption]
+    # The override reasons in catalogue order, as offered on a reason.
+    override_options: tuple[OverrideOption, ...]
+    # Every ReasonCode -> its decision after policy.
+    severity: Mapping[str, Decision]
+    # Where it came from (path) and a content digest, for status and logs.
+    source: str = ""
+    digest: str = ""
+    # Longest window (µs) any rule of this catalogue looks back over; results of
+    # codes the catalogue does not know are kept this long.
+    max_window_us: int = 0
+    _retention: Mapping[str, int] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        version: str,
+        effective_date: str = "",
+        timezone: str = DEFAULT_TIMEZONE,
+        institutions: Iterable[Institution] = (),
+        recognition_items: Iterable[RecognitionItem] = (),
+        gene_tests: Iterable[GeneTest] = (),
+        sendout_labs: Iterable[SendoutLab] = (),
+        override_reasons: Iterable[OverrideOption] = (),
+        severity: Mapping[str, Decision] | None = None,
+        source: str = "",
+        digest: str = "",
+    ) -> Snapshot:
+        """Index validated entries. Callers guarantee uniqueness and references."""
+        recog = {r.code: r for r in recognition_items}
+        genes = {g.code: g for g in gene_tests}
+        overrides = tuple(override_reasons)
+        sev: dict[str, Decision] = {str(c): d for c, d in DEFAULT_SEVERITY.items()}
+        for code, decision in (severity or {}).items():
+            sev[str(ReasonCode(code))] = Decision(decision)
+        retention: dict[str, int] = {}
+        for r in recog.values():
+            retention[r.code] = max(retention.get(r.code, 0), r.validity_us)
+        for g in genes.values():
+            if g.repeat_interval_days is not None:
+                window = g.repeat_interval_days * US_PER_DAY
+                retention[g.code] = max(retention.get(g.code, 0), window)
+        return cls(
+            version=version,
+            effective_date=effective_date,
+            timezone=timezone,
+            institutions=MappingProxyType({i.id: i for i in institutions}),
+            recognition_items=MappingProxyType(recog),
+            gene_tests=MappingProxyType(genes),
+            sendout_labs=MappingProxyType({lab.id: lab for lab in sendout_labs}),
+            override_reasons=MappingProxyType({o.code: o for o in overrides}),
+            override_options=overrides,
+            severity=MappingProxyType(sev),
+            source=source,
+            digest=digest,
+            max_window_us=max(retention.values(), default=0),
+            _retention=MappingProxyType(retention),
+        )
+
+    def retention_us(self, item_code: str) -> int:
+        """How long after ``reported_at`` a result of this code can still matter to a rule."""
+        return self._retention.get(item_code, self.max_window_us)
+
+    def share_group(self, a: str, b: str) -> bool:
+        ia = self.institutions.get(a)
+        ib = self.institutions.get(b)
+        return ia is not None and ib is not None and not ia.groups.isdisjoint(ib.groups)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
