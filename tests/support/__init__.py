@@ -1,0 +1,1 @@
+"""Shared test fixtures and builders. Test modules import what they use explicitly."""
