@@ -54,3 +54,12 @@ def result(
     if reported_at_us is not None:
         r.reported_at.CopyFrom(ts(reported_at_us))
     return r
+
+
+DAY_US = 86_400_000_000
+
+
+def now_us() -> int:
+    import time
+
+    return time.time_ns() // 1000
