@@ -564,3 +564,10 @@ def test_summary_names_version_date_and_counts() -> None:
     assert "send-out labs: 1" in text
     assert "override reasons: 2" in text
     assert "policy: RECOGNIZABLE_RESULT_EXISTS=BLOCK" in text
+
+
+def test_unknown_codes_are_retained_for_the_longest_recognition_window_not_gene_intervals():
+    snapshot = load_catalog(SHIPPED)
+    longest_recognition = max(r.validity_us for r in snapshot.recognition_items.values())
+    assert snapshot.max_window_us > longest_recognition  # a long gene-test repeat interval
+    assert snapshot.retention_us("NOT-IN-ANY-LIST") == longest_recognition
