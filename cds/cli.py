@@ -18,9 +18,11 @@ from typing import Any, TextIO
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from cds.server import (
+from cds.config import (
+    DEFAULT_DECISION_TTL_SECONDS,
     DEFAULT_GRACE_SECONDS,
     DEFAULT_LISTEN,
+    DEFAULT_MAX_DECISIONS,
     DEFAULT_MAX_RESULTS,
     DEFAULT_METRICS_LISTEN,
     ServeConfig,
@@ -45,8 +47,6 @@ def _non_negative_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cds.decisions import DEFAULT_MAX_DECISIONS, DEFAULT_TTL_SECONDS
-
     parser = argparse.ArgumentParser(
         prog="cds", description="Order-time clinical decision support (gRPC service)."
     )
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--decision-ttl",
         type=_non_negative_float,
-        default=DEFAULT_TTL_SECONDS,
+        default=DEFAULT_DECISION_TTL_SECONDS,
         help="seconds a decision is remembered for feedback (default %(default)s)",
     )
     serve.add_argument("--log-level", default="INFO", help="default %(default)s")

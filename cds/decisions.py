@@ -23,10 +23,8 @@ from typing import NamedTuple, Protocol
 
 from cachetools import TTLCache
 
+from cds.config import DEFAULT_DECISION_TTL_SECONDS, DEFAULT_MAX_DECISIONS
 from cds.domain import Evaluation, ItemDecision, Order, OverrideOption
-
-DEFAULT_MAX_DECISIONS = 100_000
-DEFAULT_TTL_SECONDS = 3600.0
 
 
 class Remembered(NamedTuple):
@@ -68,7 +66,7 @@ class DecisionMemory:
     def __init__(
         self,
         max_decisions: int = DEFAULT_MAX_DECISIONS,
-        ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        ttl_seconds: float = DEFAULT_DECISION_TTL_SECONDS,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_decisions < 1:

@@ -15,7 +15,6 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,12 +23,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from cds.decisions import (
-    DEFAULT_MAX_DECISIONS,
-    DEFAULT_TTL_SECONDS,
-    DecisionMemory,
-    DecisionRecorder,
-)
+from cds.config import ServeConfig
+from cds.decisions import DecisionMemory, DecisionRecorder
 from cds.metrics import Metrics
 from cds.recorder import open_recorder
 from cds.results.base import ResultStore
@@ -50,28 +45,10 @@ from cds.v1 import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
-DEFAULT_MAX_RESULTS = 1_000_000
-DEFAULT_GRACE_SECONDS = 10.0
-
 ORDER_CHECK = order_check_pb2.DESCRIPTOR.services_by_name["OrderCheckService"].full_name
 RESULT_FEED = result_feed_pb2.DESCRIPTOR.services_by_name["ResultFeedService"].full_name
 CATALOG_ADMIN = catalog_admin_pb2.DESCRIPTOR.services_by_name["CatalogAdminService"].full_name
 SERVICE_NAMES = (ORDER_CHECK, RESULT_FEED, CATALOG_ADMIN)
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    catalog: str
-    listen: str = DEFAULT_LISTEN
-    metrics_listen: str = DEFAULT_METRICS_LISTEN
-    max_results: int = DEFAULT_MAX_RESULTS
-    decision_log: str | None = None
-    pseudonym_key: str | None = None
-    grace: float = DEFAULT_GRACE_SECONDS
-    max_decisions: int = DEFAULT_MAX_DECISIONS
-    decision_ttl: float = DEFAULT_TTL_SECONDS
 
 
 def split_host_port(address: str) -> tuple[str, int]:

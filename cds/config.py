@@ -1,0 +1,26 @@
+"""How `cds serve` is configured, with its defaults: importable without gRPC or the rules,
+so the client commands of the CLI start fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+DEFAULT_MAX_RESULTS = 1_000_000
+DEFAULT_GRACE_SECONDS = 10.0
+DEFAULT_MAX_DECISIONS = 100_000
+DEFAULT_DECISION_TTL_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    catalog: str
+    listen: str = DEFAULT_LISTEN
+    metrics_listen: str = DEFAULT_METRICS_LISTEN
+    max_results: int = DEFAULT_MAX_RESULTS
+    decision_log: str | None = None
+    pseudonym_key: str | None = None
+    grace: float = DEFAULT_GRACE_SECONDS
+    max_decisions: int = DEFAULT_MAX_DECISIONS
+    decision_ttl: float = DEFAULT_DECISION_TTL_SECONDS
