@@ -137,25 +137,20 @@ class ResponseBuilder:
         evaluation: Evaluation,
         degraded: Sequence[str],
     ) -> order_check_pb2.CheckResponse:
-        item_proto = types_pb2.ItemDecision
-        reason = self.reason
-        return order_check_pb2.CheckResponse(
-            decision_id=decision_id,
-            decision=evaluation.decision,
-            items=[
-                item_proto(
-                    line_id=i.line_id,
-                    item_code=i.item_code,
-                    decision=i.decision,
-                    reasons=[reason(r) for r in i.reasons],
-                )
-                if i.reasons
-                else item_proto(line_id=i.line_id, item_code=i.item_code, decision=i.decision)
-                for i in evaluation.items
-            ],
-            catalog_version=catalog_version,
-            degraded=degraded,
+        # items.add() builds each line in place; a list of ItemDecision kwargs-built
+        # messages would be copied into the field a second time (measured ~1.7x slower).
+        response = order_check_pb2.CheckResponse(
+            decision_id=decision_id, decision=evaluation.decision, catalog_version=catalog_version
         )
+        add = response.items.add
+        reason = self.reason
+        for i in evaluation.items:
+            line = add(line_id=i.line_id, item_code=i.item_code, decision=i.decision)
+            if i.reasons:
+                line.reasons.extend([reason(r) for r in i.reasons])
+        if degraded:
+            response.degraded.extend(degraded)
+        return response
 
 
 def rows_from_results(
