@@ -92,7 +92,7 @@ def hash_token(token: str) -> str:
     """The ``sha256`` value to put in the tokens file for ``token``.
 
     Refuses short tokens: a fast hash protects only tokens that cannot be guessed.
-    Shell: ``python -c 'from cds.auth import *; t=new_token(); print(t, hash_token(t))'``.
+    Shell: ``python -c 'from cds.auth import *; t = new_token(); print(t, hash_token(t))'``.
     """
     if len(token) < MIN_TOKEN_CHARS:
         raise ValueError(
