@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from cds.config import (
+    DEFAULT_DECISION_LOG,
     DEFAULT_DECISION_TTL_SECONDS,
     DEFAULT_GRACE_SECONDS,
     DEFAULT_LISTEN,
@@ -68,10 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_RESULTS,
         help="results kept in memory; least recently used patients go first (default %(default)s)",
     )
-    serve.add_argument(
-        "--decision-log", help="JSON-lines decision and feedback log (default: none kept)"
+    log_flags = serve.add_mutually_exclusive_group()
+    log_flags.add_argument(
+        "--decision-log",
+        default=DEFAULT_DECISION_LOG,
+        help="JSON-lines log of WARN/BLOCK decisions and feedback (default %(default)s)",
     )
-    serve.add_argument("--pseudonym-key", help="key file for pseudonymising ids in the log")
+    log_flags.add_argument(
+        "--no-decision-log",
+        dest="decision_log",
+        action="store_const",
+        const=None,
+        help="record no decisions or feedback",
+    )
+    serve.add_argument(
+        "--pseudonym-key",
+        help="key file for pseudonymising ids in the log (default: a per-process random key)",
+    )
     serve.add_argument(
         "--grace",
         type=_non_negative_float,

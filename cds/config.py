@@ -11,6 +11,8 @@ DEFAULT_MAX_RESULTS = 1_000_000
 DEFAULT_GRACE_SECONDS = 10.0
 DEFAULT_MAX_DECISIONS = 100_000
 DEFAULT_DECISION_TTL_SECONDS = 3600.0
+# Relative to the working directory; `make run` keeps it under the git-ignored var/.
+DEFAULT_DECISION_LOG = "var/decisions.jsonl"
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,7 @@ class ServeConfig:
     listen: str = DEFAULT_LISTEN
     metrics_listen: str = DEFAULT_METRICS_LISTEN
     max_results: int = DEFAULT_MAX_RESULTS
-    decision_log: str | None = None
+    decision_log: str | None = DEFAULT_DECISION_LOG  # None: not recorded
     pseudonym_key: str | None = None
     grace: float = DEFAULT_GRACE_SECONDS
     max_decisions: int = DEFAULT_MAX_DECISIONS

@@ -18,13 +18,13 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 from cachetools import TTLCache
 
 from cds.config import DEFAULT_DECISION_TTL_SECONDS, DEFAULT_MAX_DECISIONS
-from cds.domain import Evaluation, ItemDecision, Order, OverrideOption
+from cds.domain import Evaluation, FeedbackOutcome, ItemDecision, Order, OverrideOption
 
 
 class Remembered(NamedTuple):
@@ -122,7 +122,7 @@ class FeedbackRecord(NamedTuple):
 
     decision_id: str
     line_id: str
-    outcome: str  # "ACCEPTED" | "OVERRIDDEN"
+    outcome: FeedbackOutcome
     override_code: str
     comment: str
     clinician_id: str
@@ -145,6 +145,7 @@ class DecisionRecorder(Protocol):
         order: Order,
         evaluation: Evaluation,
         catalog_version: str,
+        degraded: Sequence[str],
         at_us: int,
     ) -> None: ...
 

@@ -196,6 +196,9 @@ async def run(config: ServeConfig) -> int:
         for error in refused.errors:
             print(f"  {error}", file=sys.stderr)
         return 1
+    except (OSError, ValueError) as e:  # decision log path or pseudonym key file
+        print(f"cds: cannot start: {e}", file=sys.stderr)
+        return 1
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)

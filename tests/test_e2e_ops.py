@@ -107,6 +107,44 @@ def test_metrics_carry_every_contract_metric_and_no_identifier(server):
         assert secret not in server.log_text()
 
 
+def test_warnings_and_feedback_reach_the_decision_log_pseudonymised(server):
+    server.feed.PutResults(
+        result_feed_pb2.PutResultsRequest(
+            results=[result("R-log", patient_id=SECRET_PATIENT, reported_at_us=now_us() - DAY_US)]
+        ),
+        timeout=5,
+    )
+    response = server.check.Check(
+        check_request(item("1", "K"), patient_id=SECRET_PATIENT, clinician_id=SECRET_CLINICIAN),
+        timeout=5,
+    )
+    server.check.SubmitFeedback(
+        order_check_pb2.SubmitFeedbackRequest(
+            decision_id=response.decision_id,
+            line_id="1",
+            outcome=types_pb2.FEEDBACK_OUTCOME_OVERRIDDEN,
+            override_code="CONDITION_CHANGED",
+            clinician_id=SECRET_CLINICIAN,
+        ),
+        timeout=5,
+    )
+    # The feedback is on disk when the RPC returns; the decision is written just before it.
+    records = [r for r in server.decision_log_records() if r["decision_id"] == response.decision_id]
+    assert sorted(r["type"] for r in records) == ["decision", "feedback"]
+    feedback = next(r for r in records if r["type"] == "feedback")
+    assert (feedback["line_id"], feedback["outcome"], feedback["override_code"]) == (
+        "1",
+        "OVERRIDDEN",
+        "CONDITION_CHANGED",
+    )
+    assert feedback["reason_codes"] == ["RECOGNIZABLE_RESULT_EXISTS"]
+    assert feedback["catalog_version"] == "test-1"
+    assert len({r["patient"] for r in records}) == 1
+    raw = server.decision_log_path.read_text(encoding="utf-8")
+    assert SECRET_PATIENT not in raw
+    assert SECRET_CLINICIAN not in raw
+
+
 def test_sigterm_turns_health_not_serving_then_drains_and_exits_0(tmp_path):
     with running_server(tmp_path) as s:
         watch = s.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=20)

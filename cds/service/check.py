@@ -91,7 +91,7 @@ class OrderCheck:
             for reason in item.reasons:
                 reason_counters[reason.code].inc()
         if evaluation.decision > _ALLOW:
-            self._recorder.decision(decision_id, order, evaluation, version, now_us)
+            self._recorder.decision(decision_id, order, evaluation, version, degraded, now_us)
         return self._builder.response(decision_id, version, evaluation, degraded)
 
     async def submit_feedback(
@@ -125,10 +125,7 @@ class OrderCheck:
         if line is None:
             raise RpcFailure(grpc.StatusCode.NOT_FOUND, "line_id: not a line of this decision")
         outcome = request.outcome
-        if outcome == FeedbackOutcome.ACCEPTED:
-            outcome_name = "ACCEPTED"
-        elif outcome == FeedbackOutcome.OVERRIDDEN:
-            outcome_name = "OVERRIDDEN"
+        if outcome == FeedbackOutcome.OVERRIDDEN:
             options = offered_overrides(line)
             if not options:
                 raise RpcFailure(
@@ -146,7 +143,7 @@ class OrderCheck:
                 )
             if option.requires_comment and not comment.strip():
                 raise invalid_argument(f"comment: required for override reason {option.code}")
-        else:
+        elif outcome != FeedbackOutcome.ACCEPTED:
             raise invalid_argument("outcome: must be ACCEPTED or OVERRIDDEN")
         key = FeedbackKey(outcome, override_code, comment, clinician_id)
         if self._memory.already_recorded(decision_id, line_id, key):
@@ -155,10 +152,11 @@ class OrderCheck:
         record = FeedbackRecord(
             decision_id,
             line_id,
-            outcome_name,
+            FeedbackOutcome(outcome),
             override_code,
             comment,
-            clinician_id,
+            # Without a clinician on the feedback, it is the ordering clinician's.
+            clinician_id or remembered.clinician_id,
             time.time_ns() // 1000,
             remembered,
             line,

@@ -95,6 +95,15 @@ class RunningServer:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             return response.read().decode()
 
+    @property
+    def decision_log_path(self) -> Path:
+        """The default ``--decision-log``, relative to the server's working directory."""
+        return self.log_path.parent / "var" / "decisions.jsonl"
+
+    def decision_log_records(self) -> list[dict[str, Any]]:
+        text = self.decision_log_path.read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines() if line]
+
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
