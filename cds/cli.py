@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -23,6 +24,7 @@ from cds.config import (
     DEFAULT_DECISION_TTL_SECONDS,
     DEFAULT_GRACE_SECONDS,
     DEFAULT_LISTEN,
+    DEFAULT_MAX_CONCURRENT_RPCS,
     DEFAULT_MAX_DECISIONS,
     DEFAULT_MAX_RESULTS,
     DEFAULT_METRICS_LISTEN,
@@ -31,6 +33,7 @@ from cds.config import (
 
 PUT_BATCH = 10_000
 ENV_SERVER = "CDS_SERVER"
+ENV_TOKEN = "CDS_TOKEN"
 
 
 def _positive_int(text: str) -> int:
@@ -104,6 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DECISION_TTL_SECONDS,
         help="seconds a decision is remembered for feedback (default %(default)s)",
     )
+    security = serve.add_argument_group("security (docs/security.md)")
+    security.add_argument("--tls-cert", help="server certificate (PEM); needs --tls-key")
+    security.add_argument("--tls-key", help="server private key (PEM)")
+    security.add_argument("--tls-client-ca", help="CA of client certificates: requires mutual TLS")
+    security.add_argument(
+        "--auth-tokens", help="roles file: hashed bearer tokens and certificate subjects"
+    )
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --listen without both TLS and --auth-tokens (logged)",
+    )
+    security.add_argument(
+        "--max-concurrent-rpcs",
+        type=_positive_int,
+        default=DEFAULT_MAX_CONCURRENT_RPCS,
+        help="beyond this, calls get RESOURCE_EXHAUSTED at once (default %(default)s)",
+    )
     serve.add_argument("--log-level", default="INFO", help="default %(default)s")
     serve.set_defaults(func=_serve)
 
@@ -148,9 +169,23 @@ def _client_args(p: argparse.ArgumentParser) -> None:
         help=f"server HOST:PORT (default ${ENV_SERVER} or %(default)s)",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds (default %(default)s)")
+    p.add_argument("--tls-ca", help="CA that signed the server's certificate: connect with TLS")
+    p.add_argument("--tls-cert", help="client certificate (PEM), for mutual TLS")
+    p.add_argument("--tls-key", help="client private key (PEM), for mutual TLS")
+    p.add_argument(
+        "--token",
+        default=os.environ.get(ENV_TOKEN),
+        help=f"bearer token for a server with --auth-tokens (default ${ENV_TOKEN})",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("cds serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        print("cds serve: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
@@ -168,6 +203,12 @@ def _serve(args: argparse.Namespace) -> int:
         grace=args.grace,
         max_decisions=args.max_decisions,
         decision_ttl=args.decision_ttl,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_tokens=args.auth_tokens,
+        insecure=args.insecure,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
     )
     return asyncio.run(run(config))
 
@@ -205,15 +246,56 @@ def _print_message(message: Message, out: TextIO = sys.stdout) -> None:
 
 def _call(args: argparse.Namespace, fn: Callable[[Any], Any]) -> int:
     """Run ``fn(channel)`` against ``--server``; a failed call prints its status, exits 1."""
-    import grpc
-
-    with grpc.insecure_channel(args.server) as channel:
+    try:
+        channel = _channel(args)
+    except OSError as e:
+        print(f"cds: {e}", file=sys.stderr)
+        return 2
+    with channel:
         try:
             fn(channel)
         except grpc.RpcError as e:
             print(f"cds: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1
     return 0
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    token = args.token
+    if args.tls_ca is None:
+        if token:
+            # Tokens travel only over TLS in production; on loopback this is for trying.
+            interceptor = _TokenInterceptor(token)
+            return grpc.intercept_channel(grpc.insecure_channel(args.server), interceptor)
+        return grpc.insecure_channel(args.server)
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(args.tls_ca),
+        private_key=read(args.tls_key),
+        certificate_chain=read(args.tls_cert),
+    )
+    if token:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token)
+        )
+    return grpc.secure_channel(args.server, credentials)
+
+
+class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """Adds ``authorization: Bearer`` to every call (on a plaintext loopback channel)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        details = details._replace(metadata=(*(details.metadata or ()), *self._metadata))
+        return continuation(details, request)
 
 
 def _read(path: str) -> str:

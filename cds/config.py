@@ -11,6 +11,8 @@ DEFAULT_MAX_RESULTS = 1_000_000
 DEFAULT_GRACE_SECONDS = 10.0
 DEFAULT_MAX_DECISIONS = 100_000
 DEFAULT_DECISION_TTL_SECONDS = 3600.0
+# Beyond this grpc.aio answers RESOURCE_EXHAUSTED at once instead of queueing (cds.tls).
+DEFAULT_MAX_CONCURRENT_RPCS = 1000
 # Relative to the working directory; `make run` keeps it under the git-ignored var/.
 DEFAULT_DECISION_LOG = "var/decisions.jsonl"
 
@@ -26,3 +28,10 @@ class ServeConfig:
     grace: float = DEFAULT_GRACE_SECONDS
     max_decisions: int = DEFAULT_MAX_DECISIONS
     decision_ttl: float = DEFAULT_DECISION_TTL_SECONDS
+    # Security (docs/security.md): TLS, roles, protected mode, overload shedding.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_tokens: str | None = None
+    insecure: bool = False
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS

@@ -36,6 +36,9 @@ class NoRecorder:
     async def feedback(self, record: FeedbackRecord) -> None:
         return None
 
+    def reload_keys(self, pseudonym_key: str) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -83,6 +86,9 @@ class AuditRecorder:
             catalog_version=remembered.catalog_version,
             at_us=record.at_us,
         )
+
+    def reload_keys(self, pseudonym_key: str) -> None:
+        self._log.set_pseudonymizer(Pseudonymizer.from_file(pseudonym_key))
 
     async def close(self) -> None:
         await self._log.close()

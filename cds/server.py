@@ -14,7 +14,6 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from cds.auth import Authenticator, AuthInterceptor
 from cds.config import ServeConfig
 from cds.decisions import DecisionMemory, DecisionRecorder
 from cds.metrics import Metrics
@@ -34,6 +34,12 @@ from cds.service.check import OrderCheck
 from cds.service.feed import ResultFeed
 from cds.service.rpc import Handler, instrumented
 from cds.state import CatalogRefused, CatalogState
+from cds.tls import (
+    check_listen_policy,
+    check_metrics_listen,
+    server_credentials,
+    server_options,
+)
 from cds.v1 import (
     catalog_admin_pb2,
     catalog_admin_pb2_grpc,
@@ -76,7 +82,8 @@ class CdsServer:
         metrics: Metrics,
         recorder: DecisionRecorder,
         *,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        authenticator: Authenticator | None = None,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -89,22 +96,53 @@ class CdsServer:
         self.metrics_port = 0
         self._httpd: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.authenticator = authenticator
+        self._credentials = credentials
+        interceptors = [AuthInterceptor(authenticator)] if authenticator is not None else []
         self.server = grpc.aio.server(
             interceptors=interceptors,
             # One process owns the port: fail loudly if it is taken instead of sharing it.
-            options=[("grpc.so_reuseport", 0)],
+            options=[*server_options(), ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
         self._register()
 
     @classmethod
     def create(cls, config: ServeConfig) -> CdsServer:
-        """Load the catalogue first; raises CatalogRefused before anything listens."""
+        """Check the configuration and load the catalogue before anything listens.
+
+        Raises CatalogRefused for a bad catalogue and ValueError/OSError (message fit
+        for the operator) for a refused listen address, TLS or token file, or log path.
+        """
+        warning = check_listen_policy(
+            config.listen,
+            tls=config.tls_cert is not None,
+            auth=config.auth_tokens is not None,
+            insecure=config.insecure,
+        )
+        if warning is not None:
+            log.warning("%s", warning)
+        warning = check_metrics_listen(config.metrics_listen)
+        if warning is not None:
+            log.warning("%s", warning)
+        credentials = None
+        if config.tls_cert is not None and config.tls_key is not None:
+            credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        authenticator = Authenticator(config.auth_tokens) if config.auth_tokens else None
         metrics = Metrics()
         state = CatalogState.load(config.catalog, metrics=metrics)
         store = MemoryResultStore(max_results=config.max_results)
         metrics.results_cached.set_function(store.cached_count)
         recorder = open_recorder(config.decision_log, config.pseudonym_key, metrics)
-        return cls(config, state, store, metrics, recorder)
+        return cls(
+            config,
+            state,
+            store,
+            metrics,
+            recorder,
+            authenticator=authenticator,
+            credentials=credentials,
+        )
 
     def _register(self) -> None:
         m = self.metrics.rpc
@@ -159,7 +197,10 @@ class CdsServer:
     async def start(self) -> None:
         # The aio servicer starts out SERVING; nothing is served until we say so.
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.grpc_port = self.server.add_insecure_port(self.config.listen)
+        if self._credentials is not None:
+            self.grpc_port = self.server.add_secure_port(self.config.listen, self._credentials)
+        else:
+            self.grpc_port = self.server.add_insecure_port(self.config.listen)
         host, port = split_host_port(self.config.metrics_listen)
         self._httpd, _ = start_http_server(port, host, registry=self.metrics.registry)
         self.metrics_port = self._httpd.server_port
@@ -168,9 +209,22 @@ class CdsServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def reload_on_signal(self) -> None:
-        """SIGHUP: the same reload as the RPC; the outcome goes to the log."""
+        """SIGHUP: the catalogue (as the RPC would), the tokens file and the pseudonym keys.
+
+        Each is refused whole on error, keeping what is in force; outcomes go to the log.
+        """
         with contextlib.suppress(CatalogRefused):
             await self.state.reload()
+        if self.authenticator is not None:
+            try:
+                await asyncio.to_thread(self.authenticator.reload)
+            except (OSError, ValueError) as e:
+                log.warning("tokens file not reloaded, the old credentials stay: %s", e)
+        if self.config.pseudonym_key is not None:
+            try:
+                self.recorder.reload_keys(self.config.pseudonym_key)
+            except (OSError, ValueError) as e:
+                log.warning("pseudonym keys not reloaded, the old keys stay: %s", e)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -196,7 +250,7 @@ async def run(config: ServeConfig) -> int:
         for error in refused.errors:
             print(f"  {error}", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as e:  # decision log path or pseudonym key file
+    except (OSError, ValueError) as e:  # listen policy, TLS/tokens/key files, log path
         print(f"cds: cannot start: {e}", file=sys.stderr)
         return 1
     loop = asyncio.get_running_loop()

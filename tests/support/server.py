@@ -42,6 +42,7 @@ def server_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.pop("CDS_SERVER", None)
+    env.pop("CDS_TOKEN", None)
     return env
 
 
