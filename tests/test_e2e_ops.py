@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 
+import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -91,7 +92,18 @@ def test_metrics_carry_every_contract_metric_and_no_identifier(server):
         ),
         timeout=5,
     )
+    with pytest.raises(grpc.RpcError):
+        server.check.Check(check_request(patient_id=""), timeout=5)
     text = server.metrics_text()
+    refused = [
+        line
+        for line in text.splitlines()
+        if line.startswith("grpc_server_handled_total{")
+        and 'grpc_code="INVALID_ARGUMENT"' in line
+        and 'grpc_method="Check"' in line
+    ]
+    assert len(refused) == 1
+    assert float(refused[0].rsplit(" ", 1)[1]) >= 1
     for name in CONTRACT_METRICS:
         assert f"\n{name}" in text, name
     assert 'cds_item_decisions_total{decision="warn"} ' in text
