@@ -73,6 +73,8 @@ class OrderCheck:
         if error is not None:
             raise invalid_argument(error)
         active = self._state.active  # read once: this call sees one catalogue to its end
+        # No per-call asyncio.timeout here: the in-process store never suspends, and a
+        # store that can stall (Redis) bounds its own calls and raises one of these.
         try:
             results = await self._store.get_patient(order.patient_id)
             degraded = _NOT_DEGRADED
