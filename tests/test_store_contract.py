@@ -9,7 +9,7 @@ import pytest
 
 from cds.domain import US_PER_DAY, US_PER_SECOND
 from cds.results import MemoryResultStore, RedisResultStore, ResultStore
-from tests.support.redis_server import redis_server  # noqa: F401  (fixture)
+from tests.support.redis_server import redis_server_fixture  # noqa: F401
 from tests.support.stores import FakeClock, row
 
 Scenario = Callable[[ResultStore, FakeClock], Awaitable[None]]

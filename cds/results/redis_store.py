@@ -232,6 +232,8 @@ class RedisResultStore:
         self._near_live = False  # only while the invalidation subscription is confirmed
         self._subscribed = asyncio.Event()
         self._epoch = 0
+        # How many times the invalidation subscription was (re)confirmed: for health and tests.
+        self.subscriptions_confirmed = 0
         self._to_prune: set[str] = set()
         self._count = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -315,6 +317,7 @@ class RedisResultStore:
                         continue
                     if message["type"] == "subscribe":
                         self._set_near_live(True)  # anything missed before is gone too
+                        self.subscriptions_confirmed += 1
                         backoff = 0.05
                     elif message["type"] == "message":
                         self._invalidate(orjson.loads(message["data"]))

@@ -89,8 +89,9 @@ class RedisServer:
         os.kill(self.process.pid, signal.SIGCONT)
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+@pytest.fixture(name="redis_server")
+def redis_server_fixture(tmp_path: Path) -> Iterator[RedisServer]:
+    """A running redis-server; import ``redis_server_fixture`` to use it as ``redis_server``."""
     if REDIS_SERVER is None:
         pytest.skip(
             "redis-server not on PATH (CI installs it in .ci/run; apt install redis-server)"
