@@ -22,6 +22,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 
 from cds.domain import Decision, ReasonCode
@@ -51,6 +52,22 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 _GRPC_TYPE = "unary"
 
 
+class _LazyChild:
+    """A label child created on first increment (for values that should never occur)."""
+
+    __slots__ = ("_child", "_label", "_parent")
+
+    def __init__(self, parent: Counter, label: str) -> None:
+        self._parent = parent
+        self._label = label
+        self._child: Counter | None = None
+
+    def inc(self, amount: float = 1) -> None:
+        if self._child is None:
+            self._child = self._parent.labels(self._label)
+        self._child.inc(amount)
+
+
 class RpcMetrics:
     """The children one RPC method touches on every call, resolved once."""
 
@@ -73,6 +90,9 @@ class Metrics:
     """The service's metrics, registered in a registry of their own."""
 
     def __init__(self, cached_count: Callable[[], int] | None = None) -> None:
+        # The *_created series double every counter in each scrape and no dashboard of
+        # ours reads them (process-wide switch; the server owns its process).
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -103,9 +123,11 @@ class Metrics:
             ("decision",),
             registry=r,
         )
-        # Indexed by Decision's int value; UNSPECIFIED never occurs but keeps indexes aligned.
-        self.item_decisions: tuple[Counter, ...] = tuple(
-            item_decisions.labels(d.name.lower()) for d in Decision
+        # Indexed by Decision's int value. The engine never decides UNSPECIFIED; should it
+        # ever, that series appears on first use instead of sitting at 0 in every scrape.
+        self.item_decisions: tuple[Counter | _LazyChild, ...] = (
+            _LazyChild(item_decisions, Decision.UNSPECIFIED.name.lower()),
+            *(item_decisions.labels(d.name.lower()) for d in Decision if d),
         )
         reasons = Counter(
             "cds_reasons_total",

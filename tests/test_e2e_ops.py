@@ -107,6 +107,7 @@ def test_metrics_carry_every_contract_metric_and_no_identifier(server):
     for name in CONTRACT_METRICS:
         assert f"\n{name}" in text, name
     assert 'cds_item_decisions_total{decision="warn"} ' in text
+    assert 'decision="unspecified"' not in text
     assert 'cds_reasons_total{code="RECOGNIZABLE_RESULT_EXISTS"} ' in text
     assert 'cds_reasons_total{code="DUPLICATE_IN_REQUEST"} ' in text
     assert 'grpc_method="Check"' in text
