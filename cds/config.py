@@ -15,6 +15,7 @@ DEFAULT_DECISION_TTL_SECONDS = 3600.0
 DEFAULT_MAX_CONCURRENT_RPCS = 1000
 # Relative to the working directory; `make run` keeps it under the git-ignored var/.
 DEFAULT_DECISION_LOG = "var/decisions.jsonl"
+DEFAULT_WORKERS = 1
 
 
 @dataclass(frozen=True)
@@ -35,3 +36,6 @@ class ServeConfig:
     auth_tokens: str | None = None
     insecure: bool = False
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+    # Scale (issue 5): None = the in-process store; else a redis:// URL (cds.results.factory).
+    results: str | None = None
+    workers: int = DEFAULT_WORKERS

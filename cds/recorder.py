@@ -95,13 +95,22 @@ class AuditRecorder:
 
 
 def open_recorder(
-    decision_log: str | None, pseudonym_key: str | None, metrics: Metrics
+    decision_log: str | None,
+    pseudonym_key: str | None,
+    metrics: Metrics,
+    *,
+    pseudonymizer: Pseudonymizer | None = None,
 ) -> DecisionRecorder:
-    """The configured recorder, started; raises OSError/ValueError on a bad path or key."""
+    """The configured recorder, started; raises OSError/ValueError on a bad path or key.
+
+    ``pseudonymizer`` (used without a key file) lets the workers of one ``cds serve
+    --workers N`` share the parent's random key, so their pseudonyms link.
+    """
     if decision_log is None:
         log.warning("decision log disabled: decisions and feedback are not recorded")
         return NoRecorder()
-    pseudonymizer = Pseudonymizer.from_config(pseudonym_key)
+    if pseudonymizer is None or pseudonym_key is not None:
+        pseudonymizer = Pseudonymizer.from_config(pseudonym_key)
     decision_log_ = DecisionLog(
         decision_log, pseudonymizer, on_drop=metrics.decision_log_dropped.inc
     )
