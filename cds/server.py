@@ -69,8 +69,8 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 
 # How often a worker of several publishes the store's count (a callback gauge cannot
-# cross processes; the Redis store refreshes its own count every 5 s anyway).
-RESULTS_COUNT_INTERVAL_S = 5.0
+# cross processes; a mmap write a second costs nothing).
+RESULTS_COUNT_INTERVAL_S = 1.0
 
 
 class WorkerRole(NamedTuple):
@@ -129,7 +129,11 @@ class CdsServer:
         self.store = store
         self.metrics = metrics
         self.recorder = recorder
-        self.memory = memory or DecisionMemory(config.max_decisions, config.decision_ttl)
+        self.memory = (  # not `or`: an empty memory is falsy (__len__)
+            memory
+            if memory is not None
+            else DecisionMemory(config.max_decisions, config.decision_ttl)
+        )
         self.role = role
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0

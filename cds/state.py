@@ -165,6 +165,12 @@ class CatalogState:
                 )
             return ReloadOutcome(not dry_run, snapshot.version, previous.version, changes)
 
+    def refuse(self, errors: list[str]) -> None:
+        """Record a reload refused elsewhere (the parent of several workers could not
+        read the file), exactly as if this process had refused it."""
+        self._log_refusal(errors, False)
+        self._record_failure(errors)
+
     def _log_refusal(self, errors: list[str], dry_run: bool) -> None:
         # Catalogue errors name JSON paths and codes, never patients: safe to log whole.
         log.warning(
