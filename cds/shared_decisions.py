@@ -18,10 +18,12 @@ What is shared, and why not more:
   listed prior results (~150 bytes as JSON for a one-line warning).
 
 Off the Check path: ``remember`` appends to a list; a background task writes what has
-gathered in one pipeline as soon as the loop is free (well under a millisecond after
-the answer, while a clinician takes seconds to click). If Redis is down the decisions
-stay local (logged, rate-limited) and feedback that reaches another process gets
-``UNAVAILABLE`` (retry) rather than a wrong ``NOT_FOUND``.
+gathered in one pipeline, on a connection opened at start, as soon as the loop is free
+— typically before the answer has reached the EMR, while a clinician takes seconds to
+click. For the rare feedback that still overtakes its write (an automated EMR, a slow
+Redis), a miss is asked again once after ``MISS_RETRY_S``. If Redis is down the
+decisions stay local (logged, rate-limited) and feedback that reaches another process
+gets ``UNAVAILABLE`` (retry) rather than a wrong ``NOT_FOUND``.
 
 Whether the same feedback was already recorded stays per process: a retry that lands
 on another worker is written to that worker's decision log too (the records carry
@@ -60,6 +62,8 @@ _CLUSTER_SCHEME = "redis+cluster://"
 # Decisions waiting for the writer beyond this are kept locally only (Redis too slow).
 MAX_PENDING = 10_000
 _WARN_EVERY_S = 10.0
+# A decision written by another process may be a write away: ask once more after this.
+MISS_RETRY_S = 0.05
 
 
 def encode(r: Remembered) -> bytes:
@@ -160,6 +164,10 @@ class SharedDecisionMemory(DecisionMemory):
         self.unshared = 0  # decisions that could not be written (kept locally only)
 
     async def start(self) -> None:
+        # Connect now (not on the first decision), so the first write is not slower
+        # than the feedback that follows it. Redis being down is fine: writes retry.
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.ping()
         if self._task is None:
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(
@@ -198,8 +206,12 @@ class SharedDecisionMemory(DecisionMemory):
         local = self._decisions.get(decision_id)
         if local is not None:
             return local
+        key = self._prefix + decision_id
         try:
-            data = await self._redis.get(self._prefix + decision_id)
+            data = await self._redis.get(key)
+            if data is None:
+                await asyncio.sleep(MISS_RETRY_S)
+                data = await self._redis.get(key)
         except (RedisError, OSError) as e:
             raise ResultsUnavailable(f"redis read failed: {type(e).__name__}") from e
         return None if data is None else decode(data)

@@ -112,6 +112,11 @@ def eventually(check: Callable[[], T], timeout_s: float = 5.0) -> T:
         time.sleep(0.02)
 
 
+def version_of(server: RunningServer) -> str:
+    request = catalog_admin_pb2.GetCatalogStatusRequest()
+    return str(server.admin.GetCatalogStatus(request, timeout=5).version)
+
+
 def catalog(version: str) -> dict[str, Any]:
     data = copy.deepcopy(load_test_catalog())
     data["version"] = version
@@ -129,10 +134,10 @@ DEGRADED = 'cds_checks_degraded_total{what="RESULTS_UNAVAILABLE"}'
 
 
 def test_more_than_one_worker_with_the_in_process_store_is_refused(tmp_path):
+    command = cds_command("serve", "--catalog", "catalog.json", "--workers", "2")
     done = subprocess.run(
-        cds_command("serve", "--catalog", "catalog.json", "--workers", "2"),
-        env=server_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path,
-    )  # fmt: skip
+        command, env=server_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert done.returncode == 2
     assert "--workers 2 needs a shared results store (--results redis://" in done.stderr
 
@@ -209,8 +214,7 @@ def test_a_reload_by_rpc_or_sighup_reaches_every_worker(workers):
 
     workers.write_catalog(catalog("w-3"))
     workers.signal(signal.SIGHUP)
-    eventually(lambda: workers.admin.GetCatalogStatus(
-        catalog_admin_pb2.GetCatalogStatusRequest(), timeout=5).version == "w-3")  # fmt: skip
+    eventually(lambda: version_of(workers) == "w-3")
     versions = {(p.worker, p.status().version) for p in probes(workers)}
     assert {v for _, v in versions} == {"w-3"}
     assert len({w for w, _ in versions}) == 2
@@ -248,3 +252,133 @@ def test_a_killed_worker_is_restarted_and_serves_again(workers):
     versions = {(p.worker, p.status().version) for p in probes(workers)}
     assert {v for _, v in versions} == {"w-3"}
     assert len({w for w, _ in versions}) == 2
+
+
+def test_sigterm_drains_every_worker_and_the_parent_exits_0(workers):
+    text = workers.log_text()
+    pids = [int(p) for p in re.search(r"pids ([\d,]+);", text).group(1).split(",")]
+    pids += [int(p) for p in re.findall(r"\(pid (\d+)\) serving again", text)]
+    assert workers.stop() == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    log = workers.log_text()
+    assert log.count("stopping: draining for up to") == 2  # each live worker drained
+    assert log.rstrip().endswith("cds.supervisor: stopped")
+
+
+# -- replicas on one Redis ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory, redis_module) -> Iterator[tuple[RunningServer, RunningServer]]:
+    args = ("--results", redis_module.url)
+    with (
+        running_server(tmp_path_factory.mktemp("replica-a"), catalog("r-1"), args) as a,
+        running_server(tmp_path_factory.mktemp("replica-b"), catalog("r-1"), args) as b,
+    ):
+        yield a, b
+
+
+def test_a_result_put_through_one_replica_is_seen_by_the_other_and_a_withdrawal_promptly(
+    replicas,
+):
+    a, b = replicas
+    request = check_request(item("1", "K"), patient_id="replicated")
+    assert put(a.feed, result("R1", patient_id="replicated", reported_at_us=now_us() - DAY_US))
+    assert priors(b.check.Check(request, timeout=5)) == {"R1"}
+    assert priors(b.check.Check(request, timeout=5)) == {"R1"}  # now in b's near-cache
+    assert withdraw(a.feed, "replicated", "R1") == 1
+    # well inside b's 10 s near-cache TTL: only the invalidation can make this pass
+    eventually(lambda: b.check.Check(request, timeout=5).decision == ALLOW, timeout_s=1.0)
+
+
+def test_feedback_on_one_replica_finds_the_decision_of_the_other(replicas):
+    a, b = replicas
+    put(a.feed, result("R2", patient_id="fb-replicated", reported_at_us=now_us() - DAY_US))
+    answer = a.check.Check(check_request(item("1", "K"), patient_id="fb-replicated"), timeout=5)
+    assert answer.decision == WARN
+    b.check.SubmitFeedback(
+        order_check_pb2.SubmitFeedbackRequest(
+            decision_id=answer.decision_id,
+            line_id="1",
+            outcome=types_pb2.FEEDBACK_OUTCOME_OVERRIDDEN,
+            override_code=_overridable_code(answer),
+            comment="condition changed",
+        ),
+        timeout=5,
+    )
+    assert "OVERRIDDEN" in b.decision_log_path.read_text()
+
+
+def _overridable_code(answer: order_check_pb2.CheckResponse) -> str:
+    return answer.items[0].reasons[0].override_options[0].code
+
+
+def test_replicas_each_reload_their_own_copy_of_the_new_catalogue(replicas):
+    for replica in replicas:  # what the rollout does, one replica after the other
+        replica.write_catalog(catalog("r-2"))
+        replica.signal(signal.SIGHUP)
+    for replica in replicas:
+        eventually(lambda r=replica: version_of(r) == "r-2")
+
+
+# -- Redis faults --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def faulty(tmp_path, redis_server) -> Iterator[tuple[RunningServer, RedisServer]]:
+    args = ("--workers", "2", "--results", redis_server.url)
+    with running_server(tmp_path / "faults", catalog("f-1"), args) as server:
+        yield server, redis_server
+
+
+def degraded_check(server: RunningServer, patient: str) -> order_check_pb2.CheckResponse:
+    """A Check whose answer must come well inside an EMR's deadline (0.5 s here)."""
+    request = check_request(item("1", "K"), item("2", "K"), patient_id=patient)
+    return server.check.Check(request, timeout=0.5)
+
+
+def test_a_hung_redis_degrades_checks_in_time_and_keeps_what_it_acknowledged(faulty):
+    server, redis = faulty
+    assert put(server.feed, result("H1", patient_id="hung", reported_at_us=now_us() - DAY_US))
+    before = metric(server, DEGRADED)
+    redis.pause()
+    try:
+        for i in range(3):
+            answer = degraded_check(server, f"never-read-{i}")  # not in any near-cache
+            assert list(answer.degraded) == ["RESULTS_UNAVAILABLE"]
+            # the catalogue rules still apply: the repeated line is warned
+            assert [line.decision for line in answer.items] == [ALLOW, WARN]
+    finally:
+        redis.resume()
+    assert metric(server, DEGRADED) == before + 3
+    answer = server.check.Check(check_request(item("1", "K"), patient_id="hung"), timeout=5)
+    assert (list(answer.degraded), priors(answer)) == ([], {"H1"})
+
+
+def test_a_killed_redis_degrades_checks_refuses_writes_and_is_rejoined_by_itself(faulty):
+    """Persistence is off in the test's Redis: a restart comes back empty, so this test
+    proves recovery, not durability across a Redis restart (that is Redis's AOF)."""
+    server, redis = faulty
+    before = metric(server, DEGRADED)
+    redis.stop()
+    answer = degraded_check(server, "killed")
+    assert list(answer.degraded) == ["RESULTS_UNAVAILABLE"]
+    for call in (
+        lambda: put(server.feed, result("K1", patient_id="killed", reported_at_us=now_us())),
+        lambda: withdraw(server.feed, "killed", "K1"),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert metric(server, DEGRADED) == before + 1
+    redis.start()  # same port
+    eventually(lambda: not degraded_check(server, "killed").degraded)
+    assert put(server.feed, result("K2", patient_id="killed", reported_at_us=now_us() - DAY_US))
+    request = check_request(item("1", "K"), patient_id="killed")
+    seen = {
+        (p.worker, frozenset(priors(p.check.Check(request, timeout=5)))) for p in probes(server)
+    }
+    assert {s for _, s in seen} == {frozenset({"K2"})}
+    assert len({w for w, _ in seen}) == 2
