@@ -20,7 +20,10 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from cds.config import (
+    DEFAULT_DEADLINE_CAP_SECONDS,
     DEFAULT_DECISION_LOG,
+    DEFAULT_DECISION_LOG_BACKUPS,
+    DEFAULT_DECISION_LOG_MAX_BYTES,
     DEFAULT_DECISION_TTL_SECONDS,
     DEFAULT_GRACE_SECONDS,
     DEFAULT_LISTEN,
@@ -40,6 +43,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
     return value
 
 
@@ -89,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pseudonym-key",
         help="key file for pseudonymising ids in the log (default: a per-process random key)",
     )
+    _decision_log_rotation_args(serve)
     serve.add_argument(
         "--grace",
         type=_non_negative_float,
@@ -125,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_CONCURRENT_RPCS,
         help="beyond this, calls get RESOURCE_EXHAUSTED at once (default %(default)s)",
     )
+    security.add_argument(
+        "--deadline-cap",
+        type=_positive_float,
+        default=DEFAULT_DEADLINE_CAP_SECONDS,
+        help="seconds a call may wait on the results store or the decision log, whatever "
+        "the client's deadline (default %(default)s)",
+    )
     serve.add_argument("--log-level", default="INFO", help="default %(default)s")
     serve.set_defaults(func=_serve)
 
@@ -160,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     _client_args(withdraw)
     withdraw.set_defaults(func=_results_withdraw)
     return parser
+
+
+def _decision_log_rotation_args(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--decision-log-max-bytes",
+        type=_positive_int,
+        default=DEFAULT_DECISION_LOG_MAX_BYTES,
+        help="rotate the decision log when it would grow past this (default %(default)s)",
+    )
+    serve.add_argument(
+        "--decision-log-backups",
+        type=_non_negative_int,
+        default=DEFAULT_DECISION_LOG_BACKUPS,
+        help="rotated files kept: PATH.1 (newest) … PATH.N (default %(default)s)",
+    )
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -209,6 +249,9 @@ def _serve(args: argparse.Namespace) -> int:
         auth_tokens=args.auth_tokens,
         insecure=args.insecure,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        deadline_cap=args.deadline_cap,
+        decision_log_max_bytes=args.decision_log_max_bytes,
+        decision_log_backups=args.decision_log_backups,
     )
     return asyncio.run(run(config))
 
