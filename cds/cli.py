@@ -19,6 +19,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from cds import security_cli
 from cds.config import (
     DEFAULT_DEADLINE_CAP_SECONDS,
     DEFAULT_DECISION_LOG,
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     withdraw.add_argument("result_ids", nargs="+", metavar="RESULT_ID")
     _client_args(withdraw)
     withdraw.set_defaults(func=_results_withdraw)
+    security_cli.add_commands(sub)  # cds auth …, cds audit …
     return parser
 
 
