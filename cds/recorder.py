@@ -90,7 +90,11 @@ class AuditRecorder:
         )
 
     def reload_keys(self, pseudonym_key: str) -> None:
-        self._log.set_pseudonymizer(Pseudonymizer.from_file(pseudonym_key))
+        pseudonymizer = Pseudonymizer.from_file(pseudonym_key)
+        self._log.set_pseudonymizer(pseudonymizer)
+        log.info(
+            "pseudonym keys reloaded: new records are signed with key %s", pseudonymizer.key_id
+        )
 
     async def close(self) -> None:
         await self._log.close()
