@@ -129,7 +129,7 @@ def _new_key(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"cds: {e}", file=sys.stderr)
         return 1
-    print(f"added key {args.key_id} to {path}; it signs new records after SIGHUP")
+    print(f"added key {args.key_id} to {path}: the last key signs (SIGHUP a running server)")
     return 0
 
 
