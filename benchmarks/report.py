@@ -1,0 +1,282 @@
+"""results.json, RESULTS.md (targets vs measured) and latency_vs_rate.png from one run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# (key, what, target text, predicate on the measured value)
+TARGETS: list[tuple[str, str, str, Any]] = [
+    ("throughput_ratio", "service/empty throughput (h2load, order mix)", "≥ 0.85", lambda v: v >= 0.85),
+    ("p99_ratio_half_rate", "service/empty p99 at half the empty saturation rate", "≤ 1.5", lambda v: v <= 1.5),
+    ("engine_3_item_us", "Engine.evaluate, 3-item order", "≤ 25 µs", lambda v: v <= 25),
+    ("rss_per_result_bytes", "RSS per cached result at 1M results", "≤ 300 B", lambda v: v <= 300),
+    ("ingest_results_per_s", "PutResults ingest", "≥ 100,000 /s", lambda v: v >= 100_000),
+    ("reload_ms", "10,000-entry catalogue reload under load", "< 150 ms", lambda v: v < 150),
+    ("reload_failed_calls", "failed calls during the reload run", "0", lambda v: v == 0),
+    ("redis_added_p50_ms", "Redis store: added p50 vs in-process, same rate", "≤ +0.3 ms", lambda v: v <= 0.3),
+]
+
+
+def _point_at(points: list[dict[str, Any]], rate: float) -> dict[str, Any] | None:
+    for p in points or ():
+        if round(p["offered_rps"]) == round(rate):
+            return p
+    return None
+
+
+def headline(res: dict[str, Any]) -> dict[str, float]:
+    """The figures the targets are judged on, computed from the raw sections."""
+    h: dict[str, float] = {}
+    emp, svc = res.get("empty", {}), res.get("service", {})
+    if emp.get("h2load") and svc.get("h2load") and emp["h2load"]["mix_rps"]:
+        h["throughput_ratio"] = svc["h2load"]["mix_rps"] / emp["h2load"]["mix_rps"]
+    if emp.get("python_closed") and svc.get("python_closed"):
+        h["throughput_ratio_python_driver"] = svc["python_closed"]["rps"] / emp["python_closed"]["rps"]
+    half = res.get("half_rate")
+    pe = _point_at(emp.get("open"), half) if half else None
+    ps = _point_at(svc.get("open"), half) if half else None
+    if pe and ps and pe.get("p99_us") and ps.get("p99_us"):
+        h["p99_ratio_half_rate"] = ps["p99_us"] / pe["p99_us"]
+        h["p50_ratio_half_rate"] = ps["p50_us"] / pe["p50_us"]
+    eng = res.get("engine", {}).get("cases", {})
+    if "lab_3_items" in eng:
+        h["engine_3_item_us"] = eng["lab_3_items"]["median_us"]
+    ing = svc.get("ingest", {})
+    if ing.get("rss_per_result_bytes") is not None:
+        h["rss_per_result_bytes"] = ing["rss_per_result_bytes"]
+    if ing.get("results_per_s"):
+        h["ingest_results_per_s"] = ing["results_per_s"]
+    rl = res.get("reload", {})
+    if "reload_ms" in rl:
+        h["reload_ms"] = rl["reload_ms"]
+        h["reload_failed_calls"] = rl["failed_calls"]
+    rd = res.get("redis", {}).get("open_half_rate")
+    if rd and ps and rd.get("p50_us") and ps.get("p50_us"):
+        h["redis_added_p50_ms"] = (rd["p50_us"] - ps["p50_us"]) / 1000
+    w = res.get("workers", {})
+    if w.get("1", {}).get("h2load") and w.get("2", {}).get("h2load"):
+        h["workers_2_vs_1_throughput"] = w["2"]["h2load"]["mix_rps"] / w["1"]["h2load"]["mix_rps"]
+    return h
+
+
+def _fmt(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _ms(us: Any) -> str:
+    return "–" if us is None else f"{us / 1000:.2f}"
+
+
+def markdown(res: dict[str, Any]) -> str:
+    h = res["headline"]
+    m = res["machine"]
+    lines = [
+        "# cds benchmark results",
+        "",
+        f"Command: `{res['command']}` (what `make bench` runs), {res['started_at']}, "
+        f"{res.get('wall_s', 0):.0f} s.",
+        "",
+        f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory']}, Linux {m['kernel']}; "
+        f"Python {m['python']}, grpcio {m['grpcio']}, protobuf {m['protobuf']} "
+        f"({m['protobuf_backend']} backend), {m['h2load'] or 'no h2load'}. "
+        f"Load average at start {' '.join(m['loadavg_start'])}, at end "
+        f"{' '.join(m.get('loadavg_end', []))} (the machine is shared).",
+        "",
+        f"Layout: server on CPU {res['layout']['server_cpus']}, drivers on CPU "
+        f"{res['layout']['driver_cpus']}. Catalogue: {res.get('catalog', {}).get('source')}. "
+        f"Empty server options: {res.get('empty_server_options')}.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | goal | pass |",
+        "|---|---|---|---|",
+    ]
+    for key, what, goal, ok in TARGETS:
+        v = h.get(key)
+        verdict = "–" if v is None else ("PASS" if ok(v) else "FAIL")
+        lines.append(f"| {what} | {_fmt(v)} | {goal} | {verdict} |")
+    extra = {
+        "throughput_ratio_python_driver": "service/empty throughput (Python driver, closed loop)",
+        "p50_ratio_half_rate": "service/empty p50 at half rate",
+        "workers_2_vs_1_throughput": "2 workers / 1 worker throughput (Redis)",
+    }
+    for key, what in extra.items():
+        if key in h:
+            lines.append(f"| {what} | {_fmt(h[key])} | report | – |")
+    if res.get("skipped"):
+        lines += ["", "Skipped sections:", ""]
+        lines += [f"- **{k}**: {v}" for k, v in res["skipped"].items()]
+
+    for name in ("empty", "service"):
+        sec = res.get(name)
+        if not sec:
+            continue
+        lines += ["", f"## {'Empty gRPC server' if name == 'empty' else 'Service'}", ""]
+        if name == "empty":
+            lines.append(
+                f"Canned response {sec['response_bytes']} bytes; saturation "
+                f"{_fmt(sec.get('saturation_rps'), 0)} req/s (from {sec.get('saturation_from')})."
+            )
+        else:
+            ing = sec.get("ingest", {})
+            rsp = sec.get("responses", {})
+            lines.append(
+                f"Preload: {_fmt(ing.get('accepted'))} results ({_fmt(ing.get('rejected'))} rejected) "
+                f"over {_fmt(ing.get('patients'))} patients in {_fmt(ing.get('seconds'), 1)} s = "
+                f"{_fmt(ing.get('results_per_s'), 0)} results/s (batches of {ing.get('batch_size')}, "
+                f"{ing.get('inflight_batches')} in flight). RSS {_fmt((ing.get('rss_before_bytes') or 0) / 2**20, 0)} → "
+                f"{_fmt((ing.get('rss_after_bytes') or 0) / 2**20, 0)} MiB = "
+                f"{_fmt(ing.get('rss_per_result_bytes'), 0)} B per cached result "
+                f"(cds_results_cached {_fmt(ing.get('results_cached'))})."
+            )
+            lines += [
+                "",
+                f"Sampled responses: mean {_fmt(rsp.get('mean_bytes'), 0)} B; decisions "
+                f"{rsp.get('decisions')}; reasons {rsp.get('reasons')}.",
+            ]
+        pc = sec.get("python_closed")
+        if pc:
+            lines += [
+                "",
+                f"Python driver, closed loop ({pc['concurrency']} in flight): {_fmt(pc['rps'], 0)} req/s, "
+                f"p50 {_ms(pc.get('p50_us'))} ms, driver CPU {pc['driver_cpu_frac']:.0%}, "
+                f"server CPU {pc['server_cpu_frac']:.0%}.",
+            ]
+        hl = sec.get("h2load")
+        if hl:
+            fams = ", ".join(f"{f['family']} {_fmt(f.get('rps'), 0)}/s" for f in hl["families"])
+            lines += [
+                "",
+                f"h2load closed loop (4 connections × 16 streams): mix {_fmt(hl['mix_rps'], 0)} req/s "
+                f"({fams}); HTTP failures {hl['http_failed']}; grpc codes {hl.get('grpc_codes')}.",
+            ]
+        if sec.get("open"):
+            lines += [
+                "",
+                "| offered /s | achieved /s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | late | dropped | errors | driver CPU | server CPU |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for p in sec["open"]:
+                lines.append(
+                    f"| {p['offered_rps']:,.0f} | {p['achieved_rps']:,.0f} | {_ms(p.get('p50_us'))} | "
+                    f"{_ms(p.get('p90_us'))} | {_ms(p.get('p99_us'))} | {_ms(p.get('p999_us'))} | "
+                    f"{_ms(p.get('max_us'))} | {p['late']} | {p['dropped']} | "
+                    f"{sum(p['errors'].values())} | {p['driver_cpu_frac']:.0%} | "
+                    f"{(p.get('server_cpu_frac') or 0):.0%} |"
+                )
+    eng = res.get("engine")
+    if eng and "cases" in eng:
+        lines += ["", "## Engine micro-benchmark", "", "| order | median µs | min µs | reasons |", "|---|---|---|---|"]
+        for name, c in eng["cases"].items():
+            lines.append(
+                f"| {name} | {c['median_us']:.1f} | {c['min_us']:.1f} | {', '.join(c['reasons']) or '–'} |"
+            )
+    elif eng:
+        lines += ["", "## Engine micro-benchmark", "", f"Failed: `{eng.get('error', '')[-300:]}`"]
+    rl = res.get("reload")
+    if rl:
+        b, d = rl.get("before", {}), rl.get("during", {})
+        lines += [
+            "",
+            "## Reload under load",
+            "",
+            f"{rl['entries']:,} entries reloaded at {rl['rate']:,.0f} req/s open loop: "
+            f"ReloadCatalog took {_fmt(rl.get('reload_ms'), 1)} ms (activated {rl.get('activated')}, "
+            f"version {rl.get('version')}{', error ' + rl['reload_error'] if 'reload_error' in rl else ''}); "
+            f"failed calls {rl['failed_calls']} (errors {rl['errors']}, dropped {rl['dropped']}). "
+            f"p99 before {_ms(b.get('p99_us'))} ms ({b.get('count', 0)} calls), during the reload "
+            f"{_ms(d.get('p99_us'))} ms, max {_ms(d.get('max_us'))} ms ({d.get('count', 0)} calls in flight "
+            "while it ran).",
+        ]
+    rd = res.get("redis")
+    if rd:
+        ing = rd.get("ingest", {})
+        pt = rd.get("open_half_rate", {})
+        lines += [
+            "",
+            "## Redis store (issue 5)",
+            "",
+            f"Ingest {_fmt(ing.get('results_per_s'), 0)} results/s; Redis memory "
+            f"{_fmt(rd.get('redis_bytes_per_result'), 0)} B per result; service RSS "
+            f"{_fmt((ing.get('rss_after_bytes') or 0) / 2**20, 0)} MiB. At {_fmt(pt.get('offered_rps'), 0)} req/s: "
+            f"p50 {_ms(pt.get('p50_us'))} ms, p99 {_ms(pt.get('p99_us'))} ms, errors {pt.get('errors')}. "
+            f"h2load mix {_fmt(rd.get('h2load', {}).get('mix_rps'), 0)} req/s.",
+        ]
+    w = res.get("workers")
+    if w:
+        lines += ["", "## Workers (Redis store, unpinned)", ""]
+        for n, row in w.items():
+            lines.append(
+                f"- {n} worker(s): h2load mix {_fmt(row.get('h2load', {}).get('mix_rps'), 0)} req/s, "
+                f"RSS {_fmt(row.get('rss_bytes', 0) / 2**20, 0)} MiB"
+            )
+    lines += ["", "Plot: `latency_vs_rate.png`. All figures: `results.json`.", ""]
+    return "\n".join(lines)
+
+
+def plot(res: dict[str, Any], path: Path) -> bool:
+    series = [(k, res.get(k, {}).get("open")) for k in ("service", "empty")]
+    series = [(k, pts) for k, pts in series if pts]
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    colours = {"service": "tab:red", "empty": "tab:blue"}
+    labels = {"service": "cds service", "empty": "empty gRPC server"}
+    for name, pts in series:
+        pts = [p for p in pts if p.get("count")]
+        x = [p["offered_rps"] for p in pts]
+        for key, style, lab in (("p50_us", "-o", "p50"), ("p99_us", "--s", "p99")):
+            ax.plot(
+                x,
+                [p[key] / 1000 for p in pts],
+                style,
+                color=colours[name],
+                label=f"{labels[name]} {lab}",
+                markersize=5,
+            )
+    sat = res.get("empty", {}).get("saturation_rps")
+    if sat:
+        ax.axvline(sat, color="tab:blue", alpha=0.35, linestyle=":")
+        ax.text(sat, ax.get_ylim()[0], " empty saturation\n (h2load)", color="tab:blue", fontsize=8, va="bottom")
+    svc_sat = res.get("service", {}).get("h2load", {}).get("mix_rps")
+    if svc_sat:
+        ax.axvline(svc_sat, color="tab:red", alpha=0.35, linestyle=":")
+        ax.text(svc_sat, ax.get_ylim()[0], " service saturation\n (h2load)", color="tab:red", fontsize=8, va="bottom", ha="right")
+    half = res.get("half_rate")
+    if half:
+        ax.axvline(half, color="grey", alpha=0.3)
+    ax.set_yscale("log")
+    ax.set_xlabel("offered rate (requests/s, open loop)")
+    ax.set_ylabel("latency from scheduled send (ms, log scale)")
+    m = res["machine"]
+    ax.set_title(
+        f"Check latency vs offered rate — {m['cores']}-core {m['cpu_model']}, grpcio {m['grpcio']}",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_all(res: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    res["headline"] = headline(res)
+    (out / "results.json").write_text(json.dumps(res, indent=1, ensure_ascii=False, default=str) + "\n")
+    plot(res, out / "latency_vs_rate.png")
+    (out / "RESULTS.md").write_text(markdown(res), encoding="utf-8")
