@@ -99,9 +99,12 @@ class Snapshot:
     # Where it came from (path) and a content digest, for status and logs.
     source: str = ""
     digest: str = ""
-    # Longest window (µs) any rule of this catalogue looks back over; results of
-    # codes the catalogue does not know are kept this long.
+    # Longest window (µs) any rule of this catalogue looks back over.
     max_window_us: int = 0
+    # How long results of codes this catalogue does not know are kept: the longest
+    # recognition window, so a catalogue that adds the item soon can still use them,
+    # without a decade-long gene-test repeat interval pinning unknown lab rows.
+    unknown_retention_us: int = 0
     _retention: Mapping[str, int] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -148,12 +151,16 @@ class Snapshot:
             source=source,
             digest=digest,
             max_window_us=max(retention.values(), default=0),
+            unknown_retention_us=max(
+                (r.validity_us for r in recog.values()),
+                default=max(retention.values(), default=0),
+            ),
             _retention=MappingProxyType(retention),
         )
 
     def retention_us(self, item_code: str) -> int:
         """How long after ``reported_at`` a result of this code can still matter to a rule."""
-        return self._retention.get(item_code, self.max_window_us)
+        return self._retention.get(item_code, self.unknown_retention_us)
 
     def share_group(self, a: str, b: str) -> bool:
         ia = self.institutions.get(a)

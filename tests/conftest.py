@@ -1,1 +1,4 @@
-"""Repository-wide pytest configuration; fixtures live in tests/support/ and are imported explicitly."""
+"""Repository-wide pytest configuration.
+
+Fixtures live in tests/support/ and are imported explicitly by the modules that use them.
+"""

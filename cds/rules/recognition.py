@@ -1,0 +1,114 @@
+"""Mutual recognition of prior results (检查检验结果互认), and its emergency exemption.
+
+A prior result counts when it is inside the item's validity window at the order time
+(both ends inclusive), and comes either from the ordering institution itself or, with
+the HR quality mark, from an institution the item's scope covers. The store is not
+trusted to have applied windows or ordering: every window is checked here and counted
+results are sorted newest first, so a store bug cannot change a judgement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cds.domain import EncounterType, Order, PriorResult, Reason, ReasonCode, StoredResult
+from cds.rules.common import (
+    NATIONAL_RECOGNITION_POLICY,
+    RuleContext,
+    new_tuple,
+    reported_at_key,
+)
+from cds.snapshot import RecognitionItem
+
+_WARN = str(ReasonCode.RECOGNIZABLE_RESULT_EXISTS)
+_EXEMPT = str(ReasonCode.RECOGNITION_EXEMPT_EMERGENCY)
+_EMERGENCY = EncounterType.EMERGENCY
+_EMPTY: frozenset[str] = frozenset()
+
+
+class RecognitionRule:
+    """One recognition item, compiled: its window, scope and both possible reasons' statics."""
+
+    __slots__ = (
+        "_ctx",
+        "code",
+        "exempt_decision",
+        "name",
+        "override_options",
+        "province",
+        "source",
+        "validity_days",
+        "validity_us",
+        "warn_decision",
+    )
+
+    def __init__(self, item: RecognitionItem, ctx: RuleContext) -> None:
+        self._ctx = ctx
+        self.code = item.code
+        self.name = item.name or item.code
+        self.validity_days = item.validity_days
+        self.validity_us = item.validity_us
+        self.province = item.scope != "GROUP"
+        self.source = item.source or NATIONAL_RECOGNITION_POLICY
+        self.warn_decision = ctx.severity[_WARN]
+        self.exempt_decision = ctx.severity[_EXEMPT]
+        self.override_options = ctx.override_options
+
+    def check(self, order: Order, rows: Sequence[StoredResult]) -> Reason | None:
+        """The recognition reason for this item, or None when no prior result counts."""
+        t = order.order_time_us
+        validity = self.validity_us
+        own = order.institution_id
+        peers: frozenset[str] | None = None
+        counted: list[PriorResult] | None = None
+        for r in rows:
+            reported = r.reported_at_us
+            if reported > t or reported + validity < t:
+                continue
+            source_inst = r.institution_id
+            if source_inst != own:
+                if not r.recognition_mark:
+                    continue
+                if not self.province:
+                    if peers is None:
+                        peers = self._ctx.group_peers.get(own, _EMPTY)
+                    if source_inst not in peers:
+                        continue
+            if counted is None:
+                counted = []
+            counted.append(
+                new_tuple(
+                    PriorResult,
+                    (r.result_id, source_inst, r.item_code, reported, reported + validity),
+                )
+            )
+        if counted is None:
+            return None
+        if len(counted) > 1:
+            counted.sort(key=reported_at_key, reverse=True)
+        prior = tuple(counted)
+        return self._reason(order, prior)
+
+    def _reason(self, order: Order, prior: tuple[PriorResult, ...]) -> Reason:
+        found = (
+            f"「{self.name}」有 {len(prior)} 份可互认的既往结果"
+            f"（互认有效期 {self.validity_days} 天），"
+            f"最近一次为 {self._ctx.newest(prior)}"
+        )
+        if order.encounter_type == _EMERGENCY:
+            return Reason(
+                _EXEMPT,
+                self.exempt_decision,
+                f"急诊免于互认提醒：{found}。",
+                prior,
+                (),
+                self.source,
+            )
+        return Reason(
+            _WARN,
+            self.warn_decision,
+            f"{found}，请优先互认；如需复查，请选择不予互认的理由。",
+            prior,
+            self.override_options,
+            self.source,
+        )
