@@ -90,8 +90,7 @@ def synthetic_catalog(seed: int = 7, version: str = "bench-synthetic-1") -> dict
     labs = []
     for n in range(4):
         approved = [
-            {"institution_id": inst["id"], "gene_tests": codes[n::2]}
-            for inst in institutions[n::2]
+            {"institution_id": inst["id"], "gene_tests": codes[n::2]} for inst in institutions[n::2]
         ]
         labs.append(
             {

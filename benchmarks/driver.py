@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import gc
 import json
 import resource
@@ -29,12 +30,13 @@ import sys
 import time
 from array import array
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import grpc
 from hdrh.histogram import HdrHistogram
 
-from benchmarks.workload import read_bodies
+from benchmarks.bodies import read_bodies
 
 CHECK_METHOD = "/cds.v1.OrderCheckService/Check"
 HIST_MAX_US = 60_000_000
@@ -43,6 +45,15 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
 
 def new_histogram() -> HdrHistogram:
     return HdrHistogram(1, HIST_MAX_US, 3)
+
+
+def runqueue_wait_seconds() -> float:
+    """This process's threads' time spent runnable but not running (see procs.py)."""
+    total = 0
+    for task in Path("/proc/self/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int(task.read_text().split()[1])
+    return total / 1e9
 
 
 def cpu_seconds() -> float:
@@ -129,11 +140,11 @@ async def open_loop(
         tasks: set[asyncio.Task[None]] = set()
         i = 0
         cpu0 = None
-        wall0 = 0.0
+        wait0 = wall0 = 0.0
         while i < total:
             now = monotonic()
             if cpu0 is None and now >= start + warmup:
-                cpu0, wall0 = cpu_seconds(), now
+                cpu0, wait0, wall0 = cpu_seconds(), runqueue_wait_seconds(), now
             while i < total:
                 due = start + i * interval
                 if due > now:
@@ -155,8 +166,9 @@ async def open_loop(
         end = monotonic()
         gc.enable()
         if cpu0 is None:
-            cpu0, wall0 = cpu_seconds(), start
+            cpu0, wait0, wall0 = cpu_seconds(), runqueue_wait_seconds(), start
         cpu = cpu_seconds() - cpu0
+        wait = runqueue_wait_seconds() - wait0
         hist = rec.histogram(measure_from_us)
         return {
             "mode": "open",
@@ -171,6 +183,7 @@ async def open_loop(
             "dropped": rec.dropped,
             "max_send_lag_us": rec.max_send_lag_us,
             "driver_cpu_frac": cpu / max(1e-9, end - wall0),
+            "driver_wait_frac": wait / max(1e-9, end - wall0),
             "mean_response_bytes": rec.response_bytes / max(1, rec.ok),
             "hist": base64.b64encode(hist.encode()).decode(),
             "raw": rec,

@@ -43,9 +43,7 @@ def build_cases(cat: dict[str, Any], now_us: int) -> dict[str, tuple[Order, Any]
     other = cat["institutions"][-1]["id"]
     first = labs[0]
     results: dict[str, tuple[StoredResult, ...]] = {
-        first["code"]: (
-            StoredResult("R1", first["code"], inst, now_us - US_PER_DAY // 2, True),
-        ),
+        first["code"]: (StoredResult("R1", first["code"], inst, now_us - US_PER_DAY // 2, True),),
     }
     for n, r in enumerate(labs[-3:]):
         results[r["code"]] = (

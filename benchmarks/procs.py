@@ -64,6 +64,19 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+def runqueue_wait_seconds(pid: int) -> float:
+    """Time the process tree's threads spent runnable but waiting for a CPU (schedstat).
+
+    On a shared machine this is the honest noise figure: a server that waited 30% of
+    a point for its core measured the neighbours as much as itself."""
+    total = 0
+    for p in process_tree(pid):
+        for task in Path(f"/proc/{p}/task").glob("*/schedstat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int(task.read_text().split()[1])
+    return total / 1e9
+
+
 class ServerProcess:
     """One server under test; ``stop()`` is always called (context manager)."""
 
@@ -118,6 +131,9 @@ class ServerProcess:
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
+
+    def runqueue_wait(self) -> float:
+        return runqueue_wait_seconds(self.pid)
 
     def stop(self) -> int | None:
         if self.proc.poll() is None:

@@ -8,14 +8,29 @@ from typing import Any
 
 # (key, what, target text, predicate on the measured value)
 TARGETS: list[tuple[str, str, str, Any]] = [
-    ("throughput_ratio", "service/empty throughput (h2load, order mix)", "≥ 0.85", lambda v: v >= 0.85),
-    ("p99_ratio_half_rate", "service/empty p99 at half the empty saturation rate", "≤ 1.5", lambda v: v <= 1.5),
+    (
+        "throughput_ratio",
+        "service/empty throughput (h2load, order mix)",
+        "≥ 0.85",
+        lambda v: v >= 0.85,
+    ),
+    (
+        "p99_ratio_half_rate",
+        "service/empty p99 at half the empty saturation rate",
+        "≤ 1.5",
+        lambda v: v <= 1.5,
+    ),
     ("engine_3_item_us", "Engine.evaluate, 3-item order", "≤ 25 µs", lambda v: v <= 25),
     ("rss_per_result_bytes", "RSS per cached result at 1M results", "≤ 300 B", lambda v: v <= 300),
     ("ingest_results_per_s", "PutResults ingest", "≥ 100,000 /s", lambda v: v >= 100_000),
     ("reload_ms", "10,000-entry catalogue reload under load", "< 150 ms", lambda v: v < 150),
     ("reload_failed_calls", "failed calls during the reload run", "0", lambda v: v == 0),
-    ("redis_added_p50_ms", "Redis store: added p50 vs in-process, same rate", "≤ +0.3 ms", lambda v: v <= 0.3),
+    (
+        "redis_added_p50_ms",
+        "Redis store: added p50 vs in-process, same rate",
+        "≤ +0.3 ms",
+        lambda v: v <= 0.3,
+    ),
 ]
 
 
@@ -33,7 +48,9 @@ def headline(res: dict[str, Any]) -> dict[str, float]:
     if emp.get("h2load") and svc.get("h2load") and emp["h2load"]["mix_rps"]:
         h["throughput_ratio"] = svc["h2load"]["mix_rps"] / emp["h2load"]["mix_rps"]
     if emp.get("python_closed") and svc.get("python_closed"):
-        h["throughput_ratio_python_driver"] = svc["python_closed"]["rps"] / emp["python_closed"]["rps"]
+        h["throughput_ratio_python_driver"] = (
+            svc["python_closed"]["rps"] / emp["python_closed"]["rps"]
+        )
     half = res.get("half_rate")
     pe = _point_at(emp.get("open"), half) if half else None
     ps = _point_at(svc.get("open"), half) if half else None
@@ -126,17 +143,8 @@ def markdown(res: dict[str, Any]) -> str:
                 f"{_fmt(sec.get('saturation_rps'), 0)} req/s (from {sec.get('saturation_from')})."
             )
         else:
-            ing = sec.get("ingest", {})
+            lines += _ingest_lines(sec.get("ingest", {}))
             rsp = sec.get("responses", {})
-            lines.append(
-                f"Preload: {_fmt(ing.get('accepted'))} results ({_fmt(ing.get('rejected'))} rejected) "
-                f"over {_fmt(ing.get('patients'))} patients in {_fmt(ing.get('seconds'), 1)} s = "
-                f"{_fmt(ing.get('results_per_s'), 0)} results/s (batches of {ing.get('batch_size')}, "
-                f"{ing.get('inflight_batches')} in flight). RSS {_fmt((ing.get('rss_before_bytes') or 0) / 2**20, 0)} → "
-                f"{_fmt((ing.get('rss_after_bytes') or 0) / 2**20, 0)} MiB = "
-                f"{_fmt(ing.get('rss_per_result_bytes'), 0)} B per cached result "
-                f"(cds_results_cached {_fmt(ing.get('results_cached'))})."
-            )
             lines += [
                 "",
                 f"Sampled responses: mean {_fmt(rsp.get('mean_bytes'), 0)} B; decisions "
@@ -146,80 +154,133 @@ def markdown(res: dict[str, Any]) -> str:
         if pc:
             lines += [
                 "",
-                f"Python driver, closed loop ({pc['concurrency']} in flight): {_fmt(pc['rps'], 0)} req/s, "
-                f"p50 {_ms(pc.get('p50_us'))} ms, driver CPU {pc['driver_cpu_frac']:.0%}, "
-                f"server CPU {pc['server_cpu_frac']:.0%}.",
+                f"Python driver, closed loop ({pc['concurrency']} in flight): "
+                f"{_fmt(pc['rps'], 0)} req/s, p50 {_ms(pc.get('p50_us'))} ms, "
+                f"driver CPU {pc['driver_cpu_frac']:.0%}, server CPU {pc['server_cpu_frac']:.0%}.",
             ]
         hl = sec.get("h2load")
         if hl:
             fams = ", ".join(f"{f['family']} {_fmt(f.get('rps'), 0)}/s" for f in hl["families"])
             lines += [
                 "",
-                f"h2load closed loop (4 connections × 16 streams): mix {_fmt(hl['mix_rps'], 0)} req/s "
-                f"({fams}); HTTP failures {hl['http_failed']}; grpc codes {hl.get('grpc_codes')}.",
+                f"h2load closed loop (4 connections × 16 streams): mix "
+                f"{_fmt(hl['mix_rps'], 0)} req/s ({fams}); HTTP failures {hl['http_failed']}; "
+                f"grpc codes {hl.get('grpc_codes')}.",
             ]
         if sec.get("open"):
-            lines += [
-                "",
-                "| offered /s | achieved /s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | late | dropped | errors | driver CPU | server CPU |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|",
-            ]
-            for p in sec["open"]:
-                lines.append(
-                    f"| {p['offered_rps']:,.0f} | {p['achieved_rps']:,.0f} | {_ms(p.get('p50_us'))} | "
-                    f"{_ms(p.get('p90_us'))} | {_ms(p.get('p99_us'))} | {_ms(p.get('p999_us'))} | "
-                    f"{_ms(p.get('max_us'))} | {p['late']} | {p['dropped']} | "
-                    f"{sum(p['errors'].values())} | {p['driver_cpu_frac']:.0%} | "
-                    f"{(p.get('server_cpu_frac') or 0):.0%} |"
-                )
-    eng = res.get("engine")
-    if eng and "cases" in eng:
-        lines += ["", "## Engine micro-benchmark", "", "| order | median µs | min µs | reasons |", "|---|---|---|---|"]
-        for name, c in eng["cases"].items():
-            lines.append(
-                f"| {name} | {c['median_us']:.1f} | {c['min_us']:.1f} | {', '.join(c['reasons']) or '–'} |"
-            )
-    elif eng:
-        lines += ["", "## Engine micro-benchmark", "", f"Failed: `{eng.get('error', '')[-300:]}`"]
-    rl = res.get("reload")
-    if rl:
-        b, d = rl.get("before", {}), rl.get("during", {})
-        lines += [
-            "",
-            "## Reload under load",
-            "",
-            f"{rl['entries']:,} entries reloaded at {rl['rate']:,.0f} req/s open loop: "
-            f"ReloadCatalog took {_fmt(rl.get('reload_ms'), 1)} ms (activated {rl.get('activated')}, "
-            f"version {rl.get('version')}{', error ' + rl['reload_error'] if 'reload_error' in rl else ''}); "
-            f"failed calls {rl['failed_calls']} (errors {rl['errors']}, dropped {rl['dropped']}). "
-            f"p99 before {_ms(b.get('p99_us'))} ms ({b.get('count', 0)} calls), during the reload "
-            f"{_ms(d.get('p99_us'))} ms, max {_ms(d.get('max_us'))} ms ({d.get('count', 0)} calls in flight "
-            "while it ran).",
-        ]
-    rd = res.get("redis")
+            lines += ["", *_open_table(sec["open"])]
+    lines += _engine_lines(res.get("engine"))
+    lines += _reload_lines(res.get("reload"))
+    lines += _redis_lines(res.get("redis"), res.get("workers"))
+    lines += ["", "Plot: `latency_vs_rate.png`. All figures: `results.json`.", ""]
+    return "\n".join(lines)
+
+
+def _ingest_lines(ing: dict[str, Any]) -> list[str]:
+    mib = 2**20
+    return [
+        f"Preload: {_fmt(ing.get('accepted'))} results ({_fmt(ing.get('rejected'))} rejected) "
+        f"over {_fmt(ing.get('patients'))} patients in {_fmt(ing.get('seconds'), 1)} s = "
+        f"{_fmt(ing.get('results_per_s'), 0)} results/s (batches of {ing.get('batch_size')}, "
+        f"{ing.get('inflight_batches')} in flight). "
+        f"RSS {_fmt((ing.get('rss_before_bytes') or 0) / mib, 0)} → "
+        f"{_fmt((ing.get('rss_after_bytes') or 0) / mib, 0)} MiB = "
+        f"{_fmt(ing.get('rss_per_result_bytes'), 0)} B per cached result "
+        f"(cds_results_cached {_fmt(ing.get('results_cached'))})."
+    ]
+
+
+def _open_table(points: list[dict[str, Any]]) -> list[str]:
+    head = (
+        "offered /s",
+        "achieved /s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "late",
+        "dropped",
+        "errors",
+        "driver CPU",
+        "server CPU",
+        "server waited for CPU",
+    )
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in points:
+        cells = (
+            f"{p['offered_rps']:,.0f}",
+            f"{p['achieved_rps']:,.0f}",
+            *(_ms(p.get(k)) for k in ("p50_us", "p90_us", "p99_us", "p999_us", "max_us")),
+            str(p["late"]),
+            str(p["dropped"]),
+            str(sum(p["errors"].values())),
+            f"{p['driver_cpu_frac']:.0%}",
+            f"{(p.get('server_cpu_frac') or 0):.0%}",
+            f"{(p.get('server_wait_frac') or 0):.0%}",
+        )
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def _engine_lines(eng: dict[str, Any] | None) -> list[str]:
+    if not eng:
+        return []
+    lines = ["", "## Engine micro-benchmark", ""]
+    if "cases" not in eng:
+        return [*lines, f"Failed: `{eng.get('error', '')[-300:]}`"]
+    lines += ["| order | median µs | min µs | reasons |", "|---|---|---|---|"]
+    for name, c in eng["cases"].items():
+        reasons = ", ".join(c["reasons"]) or "–"
+        lines.append(f"| {name} | {c['median_us']:.1f} | {c['min_us']:.1f} | {reasons} |")
+    return lines
+
+
+def _reload_lines(rl: dict[str, Any] | None) -> list[str]:
+    if not rl:
+        return []
+    b, d = rl.get("before", {}), rl.get("during", {})
+    err = f", error {rl['reload_error']}" if "reload_error" in rl else ""
+    return [
+        "",
+        "## Reload under load",
+        "",
+        f"{rl['entries']:,} entries reloaded at {rl['rate']:,.0f} req/s open loop: "
+        f"ReloadCatalog took {_fmt(rl.get('reload_ms'), 1)} ms "
+        f"(activated {rl.get('activated')}, version {rl.get('version')}{err}); "
+        f"failed calls {rl['failed_calls']} (errors {rl['errors']}, dropped {rl['dropped']}). "
+        f"p99 before {_ms(b.get('p99_us'))} ms ({b.get('count', 0)} calls), during the reload "
+        f"{_ms(d.get('p99_us'))} ms, max {_ms(d.get('max_us'))} ms "
+        f"({d.get('count', 0)} calls in flight while it ran).",
+    ]
+
+
+def _redis_lines(rd: dict[str, Any] | None, workers: dict[str, Any] | None) -> list[str]:
+    lines: list[str] = []
     if rd:
         ing = rd.get("ingest", {})
         pt = rd.get("open_half_rate", {})
+        rss = (ing.get("rss_after_bytes") or 0) / 2**20
         lines += [
             "",
             "## Redis store (issue 5)",
             "",
             f"Ingest {_fmt(ing.get('results_per_s'), 0)} results/s; Redis memory "
             f"{_fmt(rd.get('redis_bytes_per_result'), 0)} B per result; service RSS "
-            f"{_fmt((ing.get('rss_after_bytes') or 0) / 2**20, 0)} MiB. At {_fmt(pt.get('offered_rps'), 0)} req/s: "
-            f"p50 {_ms(pt.get('p50_us'))} ms, p99 {_ms(pt.get('p99_us'))} ms, errors {pt.get('errors')}. "
+            f"{_fmt(rss, 0)} MiB. At {_fmt(pt.get('offered_rps'), 0)} req/s: "
+            f"p50 {_ms(pt.get('p50_us'))} ms, p99 {_ms(pt.get('p99_us'))} ms, "
+            f"errors {pt.get('errors')}. "
             f"h2load mix {_fmt(rd.get('h2load', {}).get('mix_rps'), 0)} req/s.",
         ]
-    w = res.get("workers")
-    if w:
+    if workers:
         lines += ["", "## Workers (Redis store, unpinned)", ""]
-        for n, row in w.items():
+        for n, row in workers.items():
+            mix = row.get("h2load", {}).get("mix_rps")
+            rss = row.get("rss_bytes", 0) / 2**20
             lines.append(
-                f"- {n} worker(s): h2load mix {_fmt(row.get('h2load', {}).get('mix_rps'), 0)} req/s, "
-                f"RSS {_fmt(row.get('rss_bytes', 0) / 2**20, 0)} MiB"
+                f"- {n} worker(s): h2load mix {_fmt(mix, 0)} req/s, RSS {_fmt(rss, 0)} MiB"
             )
-    lines += ["", "Plot: `latency_vs_rate.png`. All figures: `results.json`.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def plot(res: dict[str, Any], path: Path) -> bool:
@@ -250,11 +311,26 @@ def plot(res: dict[str, Any], path: Path) -> bool:
     sat = res.get("empty", {}).get("saturation_rps")
     if sat:
         ax.axvline(sat, color="tab:blue", alpha=0.35, linestyle=":")
-        ax.text(sat, ax.get_ylim()[0], " empty saturation\n (h2load)", color="tab:blue", fontsize=8, va="bottom")
+        ax.text(
+            sat,
+            ax.get_ylim()[0],
+            " empty saturation\n (h2load)",
+            color="tab:blue",
+            fontsize=8,
+            va="bottom",
+        )
     svc_sat = res.get("service", {}).get("h2load", {}).get("mix_rps")
     if svc_sat:
         ax.axvline(svc_sat, color="tab:red", alpha=0.35, linestyle=":")
-        ax.text(svc_sat, ax.get_ylim()[0], " service saturation\n (h2load)", color="tab:red", fontsize=8, va="bottom", ha="right")
+        ax.text(
+            svc_sat,
+            ax.get_ylim()[0],
+            " service saturation\n (h2load)",
+            color="tab:red",
+            fontsize=8,
+            va="bottom",
+            ha="right",
+        )
     half = res.get("half_rate")
     if half:
         ax.axvline(half, color="grey", alpha=0.3)
@@ -277,6 +353,8 @@ def plot(res: dict[str, Any], path: Path) -> bool:
 def write_all(res: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     res["headline"] = headline(res)
-    (out / "results.json").write_text(json.dumps(res, indent=1, ensure_ascii=False, default=str) + "\n")
+    (out / "results.json").write_text(
+        json.dumps(res, indent=1, ensure_ascii=False, default=str) + "\n"
+    )
     plot(res, out / "latency_vs_rate.png")
     (out / "RESULTS.md").write_text(markdown(res), encoding="utf-8")

@@ -41,6 +41,7 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from benchmarks import h2load, metrics, report
+from benchmarks.bodies import write_bodies
 from benchmarks.catalog_gen import grow_catalog, synthetic_catalog
 from benchmarks.driver import new_histogram
 from benchmarks.empty_server import canned_response, server_options
@@ -54,9 +55,8 @@ from benchmarks.workload import (
     grpc_frame,
     load_catalog_json,
     representative_orders,
-    write_bodies,
 )
-from cds.v1 import catalog_admin_pb2, order_check_pb2
+from cds.v1 import catalog_admin_pb2, order_check_pb2, types_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CATALOG = ROOT / "catalog" / "catalog.json"
@@ -179,7 +179,9 @@ def detect(env: Env) -> None:
         f["workers"] = "`cds serve` has no --workers flag yet"
     else:
         f["workers"] = True
-    f["h2load"] = True if h2load.available() else "h2load not on PATH (apt-get install nghttp2-client)"
+    f["h2load"] = (
+        True if h2load.available() else "h2load not on PATH (apt-get install nghttp2-client)"
+    )
 
 
 # --------------------------------------------------------------------------- drivers
@@ -209,6 +211,13 @@ def run_driver(env: Env, args: list[str], timeout: float) -> dict[str, Any]:
     return json.loads(proc.stdout)
 
 
+def _reap(proc: subprocess.Popen[str]) -> None:
+    """A driver still running after its point (an error elsewhere) is ended, by its pid."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def open_point(
     env: Env,
     target: str,
@@ -219,13 +228,18 @@ def open_point(
     duration: float | None = None,
     warmup: float | None = None,
     raw: bool = False,
+    start_at: float | None = None,
 ) -> dict[str, Any]:
-    """One offered rate, spread over ``driver_procs`` processes that start together."""
+    """One offered rate, spread over ``driver_procs`` processes that start together.
+
+    ``start_at`` (time.monotonic(), shared by all processes on Linux) fixes when the
+    schedule begins, for a caller that must act at a known point in the run."""
     cfg = env.cfg
     duration = cfg.point_s if duration is None else duration
     warmup = cfg.warmup_s if warmup is None else warmup
     procs = max(1, cfg.driver_procs)
-    start_at = time.monotonic() + (1.5 if procs > 1 else 0.0)
+    if start_at is None and procs > 1:
+        start_at = time.monotonic() + 1.5
     common = [
         "--target",
         target,
@@ -239,12 +253,13 @@ def open_point(
         str(cfg.timeout_s),
     ]
     cpu0 = server.cpu() if server else 0.0
+    wait0 = server.runqueue_wait() if server else 0.0
     t0 = time.monotonic()
-    with contextlib.ExitStack():
-        cmds = []
+    with contextlib.ExitStack() as stack:
+        cmds: list[subprocess.Popen[str]] = []
         for k in range(procs):
             extra = ["--rate", str(rate / procs)]
-            if procs > 1:
+            if start_at is not None:
                 extra += ["--start-at", str(start_at), "--phase", str(k / rate)]
             if raw:
                 extra.append("--raw")
@@ -260,6 +275,7 @@ def open_point(
                     env=env.subprocess_env(),
                 )
             )
+            stack.callback(_reap, cmds[-1])
         outs = []
         for p in cmds:
             stdout, stderr = p.communicate(timeout=duration + warmup + 120)
@@ -268,6 +284,7 @@ def open_point(
             outs.append(json.loads(stdout))
     wall = time.monotonic() - t0
     server_cpu = (server.cpu() - cpu0) / wall if server else None
+    server_wait = (server.runqueue_wait() - wait0) / wall if server else None
     hist = new_histogram()
     errors: Counter[str] = Counter()
     for o in outs:
@@ -283,7 +300,9 @@ def open_point(
         "dropped": sum(o["dropped"] for o in outs),
         "max_send_lag_us": max(o["max_send_lag_us"] for o in outs),
         "driver_cpu_frac": sum(o["driver_cpu_frac"] for o in outs),
+        "driver_wait_frac": max(o["driver_wait_frac"] for o in outs),
         "server_cpu_frac": server_cpu,
+        "server_wait_frac": server_wait,
         "mean_response_bytes": outs[0]["mean_response_bytes"],
         **hist_summary(hist),
     }
@@ -309,7 +328,9 @@ def sweep(
             f"  open loop {rate:8.0f}/s: achieved {pt['achieved_rps']:8.0f}/s "
             f"p50 {pt.get('p50_us', 0) / 1000:6.2f} ms p99 {pt.get('p99_us', 0) / 1000:7.2f} ms "
             f"late {pt['late']} dropped {pt['dropped']} err {sum(pt['errors'].values())} "
-            f"driver cpu {pt['driver_cpu_frac']:.0%} server cpu {pt['server_cpu_frac'] or 0:.0%}"
+            f"cpu driver {pt['driver_cpu_frac']:.0%} server {pt['server_cpu_frac'] or 0:.0%}; "
+            f"waiting for a cpu: driver {pt['driver_wait_frac']:.0%} server "
+            f"{pt['server_wait_frac'] or 0:.0%}"
         )
         points.append(pt)
     return points
@@ -462,7 +483,7 @@ def sample_responses(target: str, orders: list[Order], n: int) -> dict[str, Any]
                 errors[exc.code().name] += 1
                 continue
             sizes.append(resp.ByteSize())
-            decisions[order_check_pb2.types__pb2.Decision.Name(resp.decision)] += 1
+            decisions[types_pb2.Decision.Name(resp.decision)] += 1
             codes = {r.code for item in resp.items for r in item.reasons}
             reasons.update(codes)
             kc = per_kind.setdefault(o.kind, Counter())
@@ -502,9 +523,7 @@ def start_service(
 ) -> tuple[ServerProcess, str, str]:
     port, mport = free_port(), free_port()
     cmd = cds_command(env, catalog, port, mport, extra or [])
-    server = ServerProcess(
-        cmd, cpus=cpus, log=env.tmp / f"{name}.log", env=env.subprocess_env()
-    )
+    server = ServerProcess(cmd, cpus=cpus, log=env.tmp / f"{name}.log", env=env.subprocess_env())
     target = f"127.0.0.1:{port}"
     server.wait_serving(target)
     return server, target, f"127.0.0.1:{mport}"
@@ -528,8 +547,10 @@ def reload_under_load(
     staged = active_catalog.with_suffix(".staged.json")
     shutil.copyfile(big_catalog, staged)
 
+    start_at = time.monotonic() + 3.0  # time for the driver to start and connect
+
     def do_reload() -> None:
-        time.sleep(cfg.reload_at_s + 0.8)  # the driver starts, connects, then runs
+        time.sleep(max(0.0, start_at + cfg.reload_at_s - time.monotonic()))
         os.replace(staged, active_catalog)
         with grpc.insecure_channel(target) as ch:
             call = ch.unary_unary(
@@ -557,12 +578,21 @@ def reload_under_load(
     th = threading.Thread(target=do_reload)
     th.start()
     pt = open_point(
-        env, target, bodies, rate, server, duration=cfg.reload_run_s, warmup=0.0, raw=True
+        env,
+        target,
+        bodies,
+        rate,
+        server,
+        duration=cfg.reload_run_s,
+        warmup=0.0,
+        raw=True,
+        start_at=start_at,
     )
     th.join()
     raws = pt.pop("raw")
     before, during = new_histogram(), new_histogram()
     t0, t1 = result.get("reload_start"), result.get("reload_end")
+    settle = min(1.0, cfg.reload_at_s / 2)  # the first calls of a run pay for connecting
     for start, dues, lats in raws:
         for due_us, lat_us in zip(dues, lats, strict=True):
             due = start + due_us / 1e6
@@ -570,7 +600,7 @@ def reload_under_load(
             v = max(1, lat_us)
             if t0 is not None and due <= t1 and done >= t0:
                 during.record_value(v)
-            elif t0 is not None and due < t0 and due >= start + 1.0:
+            elif t0 is not None and start + settle <= due < t0:
                 before.record_value(v)
     result.update(
         failed_calls=sum(pt["errors"].values()) + pt["dropped"],
@@ -583,8 +613,8 @@ def reload_under_load(
     log(
         f"  reload of {cfg.reload_entries} entries: {result.get('reload_ms', -1):.0f} ms, "
         f"activated={result.get('activated')}, failed calls {result['failed_calls']}, "
-        f"p99 before {result['before'].get('p99_us', 0) / 1000:.2f} ms during "
-        f"{result['during'].get('p99_us', 0) / 1000:.2f} ms ({result['during'].get('count', 0)} calls)"
+        f"p99 before {before.get_value_at_percentile(99) / 1000:.2f} ms during "
+        f"{during.get_value_at_percentile(99) / 1000:.2f} ms ({during.get_total_count()} calls)"
     )
     return result
 
@@ -644,7 +674,9 @@ def rates_for(saturation: float, fractions: tuple[float, ...]) -> list[float]:
 def run(env: Env, only: set[str]) -> dict[str, Any]:
     cfg = env.cfg
     res: dict[str, Any] = {
-        "command": " ".join(shlex.quote(a) for a in ["python", "-m", "benchmarks.run", *sys.argv[1:]]),
+        "command": " ".join(
+            shlex.quote(a) for a in ["python", "-m", "benchmarks.run", *sys.argv[1:]]
+        ),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
         "config": asdict(cfg),
@@ -664,11 +696,7 @@ def run(env: Env, only: set[str]) -> dict[str, Any]:
             skip(s, str(env.features[s]))
     if "reload" in only and env.features["service"] is not True:
         skip("reload", str(env.features["service"]))
-    want = {
-        s
-        for s in only
-        if s not in res["skipped"]
-    }
+    want = {s for s in only if s not in res["skipped"]}
 
     catalog_json = (
         load_catalog_json(SHIPPED_CATALOG) if SHIPPED_CATALOG.exists() else synthetic_catalog()
@@ -834,12 +862,16 @@ def run_redis_sections(
     try:
         mem0 = redis.used_memory()
         extra = ["--results", redis.url]
-        server, target, mlisten = start_service(env, catalog, "service-redis", extra, cpus=env.server_cpus)
+        server, target, mlisten = start_service(
+            env, catalog, "service-redis", extra, cpus=env.server_cpus
+        )
         r = res["redis"] = {"command": " ".join(server.cmd)}
         try:
             r["ingest"] = preload(env, server, target, mlisten, pop)
             r["redis_used_memory_bytes"] = redis.used_memory() - mem0
-            r["redis_bytes_per_result"] = r["redis_used_memory_bytes"] / max(1, r["ingest"]["accepted"])
+            r["redis_bytes_per_result"] = r["redis_used_memory_bytes"] / max(
+                1, r["ingest"]["accepted"]
+            )
             if "redis" in want:
                 rate = res.get("half_rate") or 100
                 r["open_half_rate"] = open_point(env, target, bodies, rate, server)

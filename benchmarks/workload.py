@@ -24,7 +24,6 @@ import json
 import random
 import struct
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,9 +223,7 @@ def build_orders(view: CatalogView, pop: Population, n: int, *, seed: int = 2) -
         if x < 0.60:
             kind = _recognition_order(req, rng, view, pop, tracked, hits, "LAB", rng.randint(1, 5))
         elif x < 0.85:
-            kind = _recognition_order(
-                req, rng, view, pop, tracked, hits, "EXAM", rng.randint(1, 2)
-            )
+            kind = _recognition_order(req, rng, view, pop, tracked, hits, "EXAM", rng.randint(1, 2))
         else:
             kind = _gene_order(req, rng, view, tracked)
         orders.append(Order(kind, req.SerializeToString(), len(req.items)))
@@ -250,11 +247,16 @@ def _recognition_order(
     if hit:
         pid, code, inst = rng.choice(hits[category])
         codes.append(code)
+        free = _free_codes(pool, pop, pid, codes)
     else:
-        pid = rng.choice(tracked) if tracked else patient_id(0)
+        # A miss needs a patient holding none of the ordered codes; with a small
+        # catalogue some patients hold them all, so look a few times.
         inst = rng.choice(view.institutions)
-    held = {c for c, *_ in pop.tracked.get(pid, ())}
-    free = [c for c in pool if c not in held and c not in codes]
+        for _ in range(50):
+            pid = rng.choice(tracked) if tracked else patient_id(0)
+            free = _free_codes(pool, pop, pid, codes)
+            if free:
+                break
     rng.shuffle(free)
     codes.extend(free[: max(0, n_items - len(codes))])
     rng.shuffle(codes)
@@ -264,6 +266,11 @@ def _recognition_order(
     for n, code in enumerate(codes, start=1):
         req.items.add(line_id=str(n), item_code=code, category=cat_enum)
     return f"{category.lower()}_{'hit' if hit else 'miss'}"
+
+
+def _free_codes(pool: list[str], pop: Population, pid: str, taken: list[str]) -> list[str]:
+    held = {c for c, *_ in pop.tracked.get(pid, ())}
+    return [c for c in pool if c not in held and c not in taken]
 
 
 def _gene_order(
@@ -331,24 +338,3 @@ def representative_orders(orders: list[Order]) -> list[tuple[str, bytes, float]]
 def grpc_frame(body: bytes) -> bytes:
     """gRPC's length-prefixed message: flag byte 0 (uncompressed), 4-byte big-endian size."""
     return b"\x00" + struct.pack(">I", len(body)) + body
-
-
-def write_bodies(path: str | Path, bodies: list[bytes]) -> None:
-    with open(path, "wb") as f:
-        for b in bodies:
-            f.write(struct.pack(">I", len(b)))
-            f.write(b)
-
-
-def read_bodies(path: str | Path) -> list[bytes]:
-    data = Path(path).read_bytes()
-    out, i = [], 0
-    while i < len(data):
-        (n,) = struct.unpack_from(">I", data, i)
-        out.append(data[i + 4 : i + 4 + n])
-        i += 4 + n
-    return out
-
-
-def iter_kinds(orders: list[Order]) -> Iterator[str]:
-    return (o.kind for o in orders)
