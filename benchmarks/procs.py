@@ -77,6 +77,24 @@ def runqueue_wait_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def core_busy_seconds(cpus: str | None) -> float:
+    """Busy time so far of the given CPUs ("0" or "0,1"; None = all), from /proc/stat.
+
+    Minus the server's own CPU time over a point, this is what *other* processes took
+    from the server's core: the neighbours' share on a shared machine."""
+    wanted = None if cpus is None else {f"cpu{c}" for c in cpus.split(",")}
+    busy = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *vals = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        if wanted is not None and name not in wanted:
+            continue
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in vals[:8])
+        busy += user + nice + system + irq + softirq + steal
+    return busy / CLK_TCK
+
+
 class ServerProcess:
     """One server under test; ``stop()`` is always called (context manager)."""
 

@@ -204,7 +204,7 @@ def _open_table(points: list[dict[str, Any]]) -> list[str]:
         "errors",
         "driver CPU",
         "server CPU",
-        "server waited for CPU",
+        "others on server core",
     )
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in points:
@@ -217,7 +217,7 @@ def _open_table(points: list[dict[str, Any]]) -> list[str]:
             str(sum(p["errors"].values())),
             f"{p['driver_cpu_frac']:.0%}",
             f"{(p.get('server_cpu_frac') or 0):.0%}",
-            f"{(p.get('server_wait_frac') or 0):.0%}",
+            f"{(p.get('server_core_others_frac') or 0):.0%}",
         )
         rows.append("| " + " | ".join(cells) + " |")
     return rows
