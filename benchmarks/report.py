@@ -283,6 +283,10 @@ def _redis_lines(rd: dict[str, Any] | None, workers: dict[str, Any] | None) -> l
     return lines
 
 
+def _overloaded(p: dict[str, Any]) -> bool:
+    return bool(p.get("dropped") or sum(p.get("errors", {}).values()))
+
+
 def plot(res: dict[str, Any], path: Path) -> bool:
     series = [(k, res.get(k, {}).get("open")) for k in ("service", "empty")]
     series = [(k, pts) for k, pts in series if pts]
@@ -294,47 +298,57 @@ def plot(res: dict[str, Any], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    ax.set_yscale("log")
     colours = {"service": "tab:red", "empty": "tab:blue"}
     labels = {"service": "cds service", "empty": "empty gRPC server"}
+    overloaded_label = "calls failed or dropped (overloaded)"
     for name, pts in series:
         pts = [p for p in pts if p.get("count")]
         x = [p["offered_rps"] for p in pts]
         for key, style, lab in (("p50_us", "-o", "p50"), ("p99_us", "--s", "p99")):
-            ax.plot(
-                x,
-                [p[key] / 1000 for p in pts],
-                style,
-                color=colours[name],
-                label=f"{labels[name]} {lab}",
-                markersize=5,
+            y = [p[key] / 1000 for p in pts]
+            ax.plot(x, y, style, color=colours[name], label=f"{labels[name]} {lab}", ms=5)
+            bad = [(xi, yi) for xi, yi, p in zip(x, y, pts, strict=True) if _overloaded(p)]
+            if bad:
+                ax.plot(
+                    *zip(*bad, strict=True),
+                    "x",
+                    color="black",
+                    ms=9,
+                    label=overloaded_label,
+                )
+                overloaded_label = "_nolegend_"
+    # Vertical markers, labelled along the bottom edge (x in data, y in axes units).
+    edge = ax.get_xaxis_transform()
+    marks = [
+        (
+            res.get("empty", {}).get("saturation_rps"),
+            "tab:blue",
+            "empty server\nsaturation",
+            "left",
+        ),
+        (
+            res.get("service", {}).get("h2load", {}).get("mix_rps"),
+            "tab:red",
+            "service\nsaturation",
+            "right",
+        ),
+        (res.get("half_rate"), "grey", "half empty\nsaturation", "left"),
+    ]
+    for xv, colour, text, side in marks:
+        if xv:
+            ax.axvline(xv, color=colour, alpha=0.4, linestyle=":")
+            pad = " " if side == "left" else ""
+            ax.text(
+                xv,
+                0.02,
+                f"{pad}{text}{' ' if side == 'right' else ''}",
+                transform=edge,
+                color=colour,
+                fontsize=8,
+                va="bottom",
+                ha=side,
             )
-    sat = res.get("empty", {}).get("saturation_rps")
-    if sat:
-        ax.axvline(sat, color="tab:blue", alpha=0.35, linestyle=":")
-        ax.text(
-            sat,
-            ax.get_ylim()[0],
-            " empty saturation\n (h2load)",
-            color="tab:blue",
-            fontsize=8,
-            va="bottom",
-        )
-    svc_sat = res.get("service", {}).get("h2load", {}).get("mix_rps")
-    if svc_sat:
-        ax.axvline(svc_sat, color="tab:red", alpha=0.35, linestyle=":")
-        ax.text(
-            svc_sat,
-            ax.get_ylim()[0],
-            " service saturation\n (h2load)",
-            color="tab:red",
-            fontsize=8,
-            va="bottom",
-            ha="right",
-        )
-    half = res.get("half_rate")
-    if half:
-        ax.axvline(half, color="grey", alpha=0.3)
-    ax.set_yscale("log")
     ax.set_xlabel("offered rate (requests/s, open loop)")
     ax.set_ylabel("latency from scheduled send (ms, log scale)")
     m = res["machine"]
@@ -343,7 +357,10 @@ def plot(res: dict[str, Any], path: Path) -> bool:
         fontsize=10,
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    handles, names = ax.get_legend_handles_labels()
+    order = sorted(range(len(names)), key=lambda k: names[k].startswith("calls failed"))
+    ax.legend([handles[k] for k in order], [names[k] for k in order], fontsize=8, loc="upper left")
+    ax.set_xlim(left=0)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
