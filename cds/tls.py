@@ -1,0 +1,175 @@
+"""Transport security, the protected-mode listen policy, and abuse limits for the server.
+
+Protected mode (after Redis): a server with no TLS or no authentication is only safe
+where nobody else can reach it, so it may listen on loopback only. Listening elsewhere
+needs both TLS (so tokens and patient data are not sent in the clear) and authentication
+(so not everyone can call admin RPCs), or an explicit ``--insecure`` that is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+# A contract-valid PutResults (10,000 results, every string at its 128-character limit)
+# is about 5.4 MB on the wire; 8 MiB admits it and refuses anything much larger before
+# it is parsed. gRPC's own default is 4 MiB, which would refuse a valid batch.
+DEFAULT_MAX_RECEIVE_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_SEND_BYTES = 4 * 1024 * 1024
+# Requests queue inside the server beyond this and latency grows without bound; over it
+# grpc.aio answers RESOURCE_EXHAUSTED at once (tested), so the EMR can fail open quickly.
+DEFAULT_MAX_CONCURRENT_RPCS = 1000
+# A Check that has not answered in this long is useless to the order screen, whatever
+# deadline the client asked for (or none): the work is cut and the slot freed.
+DEFAULT_DEADLINE_CAP_S = 2.0
+# Headers (incl. the bearer token) above this are refused by the transport.
+DEFAULT_MAX_METADATA_BYTES = 16 * 1024
+
+
+class TlsConfigError(ValueError):
+    """A TLS file is missing or not PEM; the message names the flag and the file."""
+
+
+def _read_pem(path: str | os.PathLike[str], flag: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TlsConfigError(f"{flag} {path}: {exc.strerror}") from exc
+    if b"-----BEGIN " not in data:
+        raise TlsConfigError(f"{flag} {path}: not a PEM file")
+    return data
+
+
+def server_credentials(
+    cert: str | os.PathLike[str],
+    key: str | os.PathLike[str],
+    client_ca: str | os.PathLike[str] | None = None,
+) -> grpc.ServerCredentials:
+    """``--tls-cert``/``--tls-key``; with ``--tls-client-ca`` every client must present a
+    certificate signed by that CA (mutual TLS), whose subject ``cds.auth`` maps to a role."""
+    cert_pem = _read_pem(cert, "--tls-cert")
+    key_pem = _read_pem(key, "--tls-key")
+    if b"PRIVATE KEY-----" not in key_pem:
+        raise TlsConfigError(f"--tls-key {key}: no PEM private key in it")
+    ca_pem = _read_pem(client_ca, "--tls-client-ca") if client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)],
+        root_certificates=ca_pem,
+        require_client_auth=ca_pem is not None,
+    )
+
+
+def split_host_port(listen: str) -> tuple[str, str]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); the host is unbracketed."""
+    if listen.startswith("["):
+        host, sep, rest = listen[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"--listen {listen!r}: expected [IPV6]:PORT")
+        return host, rest[1:]
+    host, sep, port = listen.rpartition(":")
+    if not sep:
+        raise ValueError(f"--listen {listen!r}: expected HOST:PORT")
+    return host, port
+
+
+def is_loopback(listen: str) -> bool:
+    """True only when the address is certainly local: loopback IPs, ``localhost``, a
+    Unix socket. Any other name counts as reachable, since it may resolve anywhere."""
+    if listen.startswith(("unix:", "unix-abstract:")):
+        return True
+    host, _ = split_host_port(listen)
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a host name, "" or "*": all interfaces or unknown
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def check_listen_policy(listen: str, *, tls: bool, auth: bool, insecure: bool) -> str | None:
+    """Protected mode for the gRPC port.
+
+    Returns None when the address is fine, a warning to log when ``--insecure`` overrides
+    the policy, and raises ``ValueError`` (message fit for the operator) otherwise.
+    """
+    if (tls and auth) or is_loopback(listen):
+        return None
+    missing = " and ".join(
+        name
+        for name, on in (
+            ("TLS (--tls-cert/--tls-key)", tls),
+            ("authentication (--auth-tokens)", auth),
+        )
+        if not on
+    )
+    if insecure:
+        return (
+            f"--insecure: listening on {listen} without {missing}; anyone who can reach "
+            f"this address can call every RPC and read patient data in transit"
+        )
+    raise ValueError(
+        f"refusing to listen on {listen} without {missing}: the service handles patient "
+        f"data. Configure {missing}, listen on 127.0.0.1, or pass --insecure to accept "
+        f"the risk explicitly."
+    )
+
+
+def check_metrics_listen(listen: str) -> str | None:
+    """A warning when metrics leave loopback: they carry no identifiers, but do reveal
+    traffic and configuration, and the endpoint has no authentication."""
+    if is_loopback(listen):
+        return None
+    return (
+        f"metrics are served without authentication on {listen}; restrict access to it "
+        f"(firewall or a scraping proxy)"
+    )
+
+
+def server_options(
+    *,
+    max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+    max_send_message_bytes: int = DEFAULT_MAX_SEND_BYTES,
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
+) -> list[tuple[str, int]]:
+    """Channel arguments for ``grpc.aio.server(options=...)``.
+
+    ``maximum_concurrent_rpcs`` is not a channel argument: pass
+    ``DEFAULT_MAX_CONCURRENT_RPCS`` as ``grpc.aio.server(maximum_concurrent_rpcs=...)``.
+    """
+    return [
+        ("grpc.max_receive_message_length", max_receive_message_bytes),
+        ("grpc.max_send_message_length", max_send_message_bytes),
+        ("grpc.max_metadata_size", max_metadata_bytes),
+    ]
+
+
+def capped_timeout(time_remaining: float | None, cap_s: float) -> float:
+    """The budget a handler may spend: the client's remaining deadline, never above the cap.
+
+    ``None`` (the client set no deadline) gets the cap: a client cannot buy unbounded
+    server time by omitting its deadline.
+    """
+    if time_remaining is None:
+        return cap_s
+    return max(0.0, min(time_remaining, cap_s))
+
+
+def deadline_cap(context: grpc.aio.ServicerContext, cap_s: float) -> asyncio.Timeout:
+    """``async with deadline_cap(context, cap):`` around a handler's awaits.
+
+    gRPC enforces the client's own deadline only by cancelling the call when it expires;
+    it has no server-side maximum. This bounds the handler's work by
+    ``min(client deadline, cap)``; on expiry ``TimeoutError`` is raised, which the
+    service maps to ``DEADLINE_EXCEEDED`` (or answers degraded, for Check). Use it around
+    awaits that can stall (the results store), not around pure CPU work, which a timeout
+    cannot interrupt anyway.
+    """
+    return asyncio.timeout(capped_timeout(context.time_remaining(), cap_s))
