@@ -49,8 +49,16 @@ def test_h2load_output_is_parsed_and_families_combine_harmonically():
 def test_quick_run_writes_results_table_and_plot(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "empty,engine"]
-        + ["--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--only",
+            "empty,engine",
+            "--out",
+            str(tmp_path),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
