@@ -523,6 +523,9 @@ def cds_command(env: Env, catalog: Path, port: int, mport: int, extra: list[str]
     ]
     if "--max-results" in env.serve_flags:
         cmd += ["--max-results", str(max(2 * env.cfg.results, 100_000))]
+    if "--decision-log" in env.serve_flags:
+        # Keep the default behaviour (WARN/BLOCK decisions are logged) but not in the tree.
+        cmd += ["--decision-log", str(env.tmp / f"decisions-{port}.jsonl")]
     return cmd + extra
 
 
