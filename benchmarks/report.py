@@ -57,6 +57,10 @@ def headline(res: dict[str, Any]) -> dict[str, float]:
     if pe and ps and pe.get("p99_us") and ps.get("p99_us"):
         h["p99_ratio_half_rate"] = ps["p99_us"] / pe["p99_us"]
         h["p50_ratio_half_rate"] = ps["p50_us"] / pe["p50_us"]
+    if pe and ps and pe.get("server_cpu_us_per_call") and ps.get("server_cpu_us_per_call"):
+        h["server_cpu_per_call_ratio_half_rate"] = (
+            ps["server_cpu_us_per_call"] / pe["server_cpu_us_per_call"]
+        )
     eng = res.get("engine", {}).get("cases", {})
     if "lab_3_items" in eng:
         h["engine_3_item_us"] = eng["lab_3_items"]["median_us"]
@@ -123,6 +127,7 @@ def markdown(res: dict[str, Any]) -> str:
     extra = {
         "throughput_ratio_python_driver": "service/empty throughput (Python driver, closed loop)",
         "p50_ratio_half_rate": "service/empty p50 at half rate",
+        "server_cpu_per_call_ratio_half_rate": "service/empty server CPU per call at half rate",
         "workers_2_vs_1_throughput": "2 workers / 1 worker throughput (Redis)",
     }
     for key, what in extra.items():
@@ -169,6 +174,19 @@ def markdown(res: dict[str, Any]) -> str:
             ]
         if sec.get("open"):
             lines += ["", *_open_table(sec["open"])]
+    prof = res.get("service", {}).get("profile")
+    if prof and prof.get("top_own"):
+        lines += [
+            "",
+            f"Profile of the service at {prof['rate']:,.0f} req/s (py-spy, GIL-holding "
+            f"samples, {prof['samples']:,}; stacks in `{prof['file']}`), top frames by own time:",
+            "",
+            *(f"- {t['share']:.1%} `{t['frame']}`" for t in prof["top_own"][:12]),
+            "",
+            "cds's own frames, inclusive (share of samples with the frame on the stack):",
+            "",
+            *(f"- {t['share']:.1%} `{t['frame']}`" for t in prof.get("top_cds_inclusive", [])[:12]),
+        ]
     lines += _engine_lines(res.get("engine"))
     lines += _reload_lines(res.get("reload"))
     lines += _redis_lines(res.get("redis"), res.get("workers"))
@@ -204,6 +222,7 @@ def _open_table(points: list[dict[str, Any]]) -> list[str]:
         "errors",
         "driver CPU",
         "server CPU",
+        "server CPU µs/call",
         "others on server core",
     )
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -217,6 +236,7 @@ def _open_table(points: list[dict[str, Any]]) -> list[str]:
             str(sum(p["errors"].values())),
             f"{p['driver_cpu_frac']:.0%}",
             f"{(p.get('server_cpu_frac') or 0):.0%}",
+            _fmt(p.get("server_cpu_us_per_call"), 0),
             f"{(p.get('server_core_others_frac') or 0):.0%}",
         )
         rows.append("| " + " | ".join(cells) + " |")

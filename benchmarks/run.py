@@ -125,6 +125,7 @@ class Env:
     tmp: Path
     server_cpus: str | None
     driver_cpus: str | None
+    profile: bool = False
     features: dict[str, str | bool] = field(default_factory=dict)
     serve_flags: set[str] = field(default_factory=set)
 
@@ -305,6 +306,10 @@ def open_point(
         "max_send_lag_us": max(o["max_send_lag_us"] for o in outs),
         "driver_cpu_frac": sum(o["driver_cpu_frac"] for o in outs),
         "server_cpu_frac": server_cpu,
+        # Server CPU per completed call over the whole point: the least noisy cost figure.
+        "server_cpu_us_per_call": (server_cpu * wall / max(1, sum(o["ok"] for o in outs)) * 1e6)
+        if server_cpu is not None
+        else None,
         "server_wait_frac": server_wait,
         "server_core_others_frac": others,
         "mean_response_bytes": outs[0]["mean_response_bytes"],
@@ -412,6 +417,87 @@ def h2load_mix(
         out["grpc_codes"] = "empty server: canned OK response, grpc-status 0 by construction"
         out["grpc_not_ok"] = 0
     return out
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def profile_point(
+    env: Env, target: str, bodies: Path, rate: float, server: ServerProcess, name: str
+) -> dict[str, Any]:
+    """py-spy on the server during an extra, unmeasured open-loop point.
+
+    Samples only threads holding the GIL (``--gil``): a grpc.aio server's poller
+    threads sit idle in C most of the time and would drown the handler's profile.
+    ``--native`` shows grpc's Cython and C frames, which otherwise all collapse into
+    asyncio's ``Handle._run``.
+    py-spy pauses the server for each sample (native stacks need it), so this point is
+    extra and unmeasured; py-spy itself is pinned to the driver core. Writes the
+    collapsed stacks to results/ and keeps the top frames by own samples."""
+    venv_spy = Path(sys.executable).parent / "py-spy"
+    spy_bin = shutil.which("py-spy") or (str(venv_spy) if venv_spy.exists() else None)
+    if spy_bin is None:
+        return {"skipped": "py-spy not installed (pip install py-spy)"}
+    duration = max(2, round(env.cfg.point_s))
+    raw = env.out / f"profile-{name}.txt"
+    cmd = pinned(
+        [
+            spy_bin,
+            "record",
+            "--pid",
+            str(server.pid),
+            "--duration",
+            str(duration),
+            "--rate",
+            "250",
+            "--gil",
+            "--native",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+        ],
+        env.driver_cpus,
+    )
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        open_point(env, target, bodies, rate, server, duration=duration + 1, warmup=0.0)
+    finally:
+        _, err = spy.communicate(timeout=60)
+    if spy.returncode != 0 or not raw.exists():
+        return {"error": err[-1000:]}
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()  # cds's own frames, counted once per stack
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        # by function (line numbers dropped), outside the CLI's entry frames
+        funcs = {re.sub(r":\d+\)$", ")", f) for f in frames if "(cds/" in f}
+        for func in funcs:
+            if "cds/cli.py" not in func and "cds/__main__.py" not in func:
+                inclusive[func] += n
+    top = (
+        [{"frame": frame, "share": n / total} for frame, n in own.most_common(25)] if total else []
+    )
+    top_cds = (
+        [{"frame": f, "share": n / total} for f, n in inclusive.most_common(25)] if total else []
+    )
+    log(f"  profile ({name}): {total} samples -> {raw.name}")
+    for t in top[:8]:
+        log(f"    {t['share']:5.1%} {t['frame']}")
+    return {
+        "file": raw.name,
+        "samples": total,
+        "rate": rate,
+        "top_own": top,
+        "top_cds_inclusive": top_cds,
+    }
 
 
 # --------------------------------------------------------------------------- service
@@ -831,6 +917,10 @@ def run(env: Env, only: set[str]) -> dict[str, Any]:
             if "service" in want:
                 svc["open"] = sweep(env, svc_target, bodies, res["rates"], service)
             svc["rss_after_load_bytes"] = service.rss()
+            if env.profile:
+                svc["profile"] = profile_point(
+                    env, svc_target, bodies, res["half_rate"], service, "service"
+                )
             if "reload" in want:
                 log("reload under load")
                 big = env.tmp / "catalog-10k.json"
@@ -920,6 +1010,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--driver-procs", type=int, default=None, help="open-loop driver processes")
     p.add_argument("--no-pin", action="store_true", help="do not pin server/driver to cores")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also py-spy the service at half rate (results/profile-service.txt)",
+    )
     args = p.parse_args(argv)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SECTIONS)
@@ -932,7 +1027,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     tmp = out / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    env = Env(cfg, out, tmp, "0" if pin else None, "1" if pin else None)
+    env = Env(cfg, out, tmp, "0" if pin else None, "1" if pin else None, profile=args.profile)
     if pin:
         os.sched_setaffinity(0, {1})  # the runner itself stays off the server's core
     t0 = time.monotonic()
