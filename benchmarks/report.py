@@ -154,6 +154,8 @@ def markdown(res: dict[str, Any]) -> str:
                 "",
                 f"Sampled responses: mean {_fmt(rsp.get('mean_bytes'), 0)} B; decisions "
                 f"{rsp.get('decisions')}; reasons {rsp.get('reasons')}.",
+                "",
+                *_workload_check(rsp.get("per_kind", {})),
             ]
         pc = sec.get("python_closed")
         if pc:
@@ -168,7 +170,8 @@ def markdown(res: dict[str, Any]) -> str:
             fams = ", ".join(f"{f['family']} {_fmt(f.get('rps'), 0)}/s" for f in hl["families"])
             lines += [
                 "",
-                f"h2load closed loop (4 connections × 16 streams): mix "
+                f"h2load closed loop ({hl.get('connections', 4)} connections × "
+                f"{hl.get('streams_per_connection', 16)} streams): mix "
                 f"{_fmt(hl['mix_rps'], 0)} req/s ({fams}); HTTP failures {hl['http_failed']}; "
                 f"grpc codes {hl.get('grpc_codes')}.",
             ]
@@ -206,6 +209,20 @@ def _ingest_lines(ing: dict[str, Any]) -> list[str]:
         f"{_fmt(ing.get('rss_per_result_bytes'), 0)} B per cached result "
         f"(cds_results_cached {_fmt(ing.get('results_cached'))})."
     ]
+
+
+def _workload_check(per_kind: dict[str, dict[str, int]]) -> list[str]:
+    """Per order class, how often each reason came back: does the mix do what it says?"""
+    if not per_kind:
+        return []
+    rows = ["| order class | sampled | reasons returned (share of the class) |", "|---|---|---|"]
+    for kind, counts in per_kind.items():
+        n = counts.get("n", 0)
+        reasons = ", ".join(
+            f"{code} {c / n:.0%}" for code, c in sorted(counts.items()) if code != "n" and n
+        )
+        rows.append(f"| {kind} | {n} | {reasons or 'none'} |")
+    return rows
 
 
 def _open_table(points: list[dict[str, Any]]) -> list[str]:

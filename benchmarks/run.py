@@ -385,6 +385,9 @@ def h2load_mix(
     target: str,
     frames: list[tuple[str, Path, float]],
     metrics_listen: str | None,
+    *,
+    clients: int = 4,
+    streams: int = 16,
 ) -> dict[str, Any]:
     """h2load per order family, combined into the mix's throughput, grpc codes verified."""
     cfg = env.cfg
@@ -396,6 +399,8 @@ def h2load_mix(
             path,
             duration=cfg.h2load_s,
             warmup=cfg.h2load_warmup_s,
+            clients=clients,
+            streams=streams,
             cpus=env.driver_cpus,
         )
         r.update(family=name, share=share)
@@ -403,6 +408,8 @@ def h2load_mix(
         log(f"  h2load {name:10s}: {r.get('rps', 0):8.0f}/s failed {r.get('failed')}")
     after = metrics.check_codes(metrics_listen) if metrics_listen else None
     out: dict[str, Any] = {
+        "connections": clients,
+        "streams_per_connection": streams,
         "families": fams,
         "mix_rps": h2load.mix_rps([(f["family"], f["share"], f.get("rps", 0)) for f in fams]),
         "http_failed": sum(f.get("failed", 0) + f.get("errored", 0) for f in fams),
@@ -992,8 +999,14 @@ def run_redis_sections(
                 try:
                     row: dict[str, Any] = {"command": " ".join(server.cmd)}
                     if env.features["h2load"] is True:
+                        # 8 connections so SO_REUSEPORT spreads them over both workers
                         row["h2load"] = h2load_mix(
-                            replace(env, driver_cpus=None), target, frames, mlisten
+                            replace(env, driver_cpus=None),
+                            target,
+                            frames,
+                            mlisten,
+                            clients=8,
+                            streams=8,
                         )
                     row["rss_bytes"] = server.rss()
                     w[str(n)] = row

@@ -279,9 +279,10 @@ def _gene_order(
     view: CatalogView,
     tracked: list[str],
 ) -> str:
+    """One gene test; the variant decides institution, test and lab so that exactly the
+    intended rule is at stake (priced tests only, the indication matched)."""
     variant = _weighted(rng, GENE_VARIANTS)
-    test = rng.choice(view.gene_tests) if view.gene_tests else None
-    inst = rng.choice(view.institutions)
+    test, inst, lab = _gene_setting(rng, view, variant)
     req.institution_id = inst
     req.patient.patient_id = rng.choice(tracked) if tracked else patient_id(0)
     indications = (test or {}).get("indications") or ["C80"]
@@ -289,21 +290,54 @@ def _gene_order(
     req.patient.first_oncology_visit = rng.random() < 0.4 or variant == "mdt_missing"
     if req.patient.first_oncology_visit and variant != "mdt_missing":
         req.patient.mdt_record_id = f"MDT-{rng.randrange(10**6):06d}"
-    item = req.items.add(
+    req.items.add(
         line_id="1",
         item_code=test["code"] if test and variant != "not_in_catalogue" else "GT-UNLISTED",
         category=types_pb2.ITEM_CATEGORY_GENE_TEST,
         consent_signed=variant != "consent_missing",
+        sendout_lab_id=lab,
     )
-    if variant.startswith("sendout") and test:
-        item.sendout_lab_id = _sendout_lab(rng, view, inst, test, variant)
     return f"gene_{variant}"
 
 
-def _sendout_lab(
-    rng: random.Random, view: CatalogView, inst: str, test: dict[str, Any], variant: str
-) -> str:
-    code = test["code"]
+def _gene_setting(
+    rng: random.Random, view: CatalogView, variant: str
+) -> tuple[dict[str, Any] | None, str, str]:
+    """(test, institution, send-out lab or "") for a variant, from the catalogue's own
+    approvals and in-house lists; falls back to any test when the catalogue has no fit."""
+    priced = [g for g in view.gene_tests if g.get("price_item_code")] or view.gene_tests
+    by_code = {g["code"]: g for g in priced}
+    today = time.strftime("%Y-%m-%d")
+    if variant == "sendout_approved":
+        triples = [
+            (by_code[code], a["institution_id"], lab["id"])
+            for lab in view.sendout_labs
+            if lab.get("qualification_valid_until", "") >= today
+            for a in lab.get("approved", ())
+            for code in a.get("gene_tests", ())
+            if code in by_code
+            and a["institution_id"] not in by_code[code].get("in_house_institutions", ())
+        ]
+        if triples:
+            return rng.choice(triples)
+    if variant == "sendout_in_house":
+        pairs = [(g, i) for g in priced for i in g.get("in_house_institutions", ())]
+        if pairs:
+            test, inst = rng.choice(pairs)
+            return test, inst, _approved_lab(rng, view, inst, test["code"])
+    test = rng.choice(priced) if priced else None
+    in_house = set((test or {}).get("in_house_institutions", ()))
+    insts = [i for i in view.institutions if i not in in_house] or view.institutions
+    inst = rng.choice(insts)
+    if variant == "sendout_unapproved":
+        return test, inst, "LAB-NOT-APPROVED"
+    if variant.startswith("sendout"):
+        labs = [lab["id"] for lab in view.sendout_labs]
+        return test, inst, rng.choice(labs) if labs else "LAB-NOT-APPROVED"
+    return test, inst, ""
+
+
+def _approved_lab(rng: random.Random, view: CatalogView, inst: str, code: str) -> str:
     approving = [
         lab["id"]
         for lab in view.sendout_labs
@@ -312,8 +346,6 @@ def _sendout_lab(
             for a in lab.get("approved", ())
         )
     ]
-    if variant == "sendout_unapproved":
-        return "LAB-NOT-APPROVED"
     if approving:
         return rng.choice(approving)
     labs = [lab["id"] for lab in view.sendout_labs]
