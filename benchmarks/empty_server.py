@@ -105,6 +105,19 @@ def server_options() -> tuple[list[tuple[str, Any]], str]:
     return list(opts), "cds.server options"
 
 
+def max_concurrent_rpcs() -> int | None:
+    """cds's default cap on concurrent calls, if it has one, so overload behaves alike."""
+    for module in ("cds.server", "cds.tls"):
+        try:
+            mod = __import__(module, fromlist=["_"])
+        except ImportError:
+            continue
+        cap = getattr(mod, "DEFAULT_MAX_CONCURRENT_RPCS", None)
+        if isinstance(cap, int):
+            return cap
+    return None
+
+
 async def serve(listen: str, payload: bytes) -> None:
     async def check(_request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
         return payload
@@ -115,7 +128,7 @@ async def serve(listen: str, payload: bytes) -> None:
         {"Check": grpc.unary_unary_rpc_method_handler(check)},
     )
     options, _ = server_options()
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs())
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port(listen)
     await server.start()

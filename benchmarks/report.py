@@ -96,6 +96,16 @@ def _ms(us: Any) -> str:
     return "–" if us is None else f"{us / 1000:.2f}"
 
 
+def _options_text(opts: Any) -> str:
+    if not isinstance(opts, dict):
+        return str(opts)
+    pairs = ", ".join(f"{k}={v}" for k, v in opts.get("options", [])) or "none"
+    return (
+        f"{opts.get('from')} ({pairs}; maximum_concurrent_rpcs="
+        f"{opts.get('maximum_concurrent_rpcs')})"
+    )
+
+
 def markdown(res: dict[str, Any]) -> str:
     h = res["headline"]
     m = res["machine"]
@@ -113,7 +123,7 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         f"Layout: server on CPU {res['layout']['server_cpus']}, drivers on CPU "
         f"{res['layout']['driver_cpus']}. Catalogue: {res.get('catalog', {}).get('source')}. "
-        f"Empty server options: {res.get('empty_server_options')}.",
+        f"Empty server options: {_options_text(res.get('empty_server_options'))}.",
         "",
         "## Targets",
         "",

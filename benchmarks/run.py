@@ -44,7 +44,7 @@ from benchmarks import h2load, metrics, report
 from benchmarks.bodies import write_bodies
 from benchmarks.catalog_gen import grow_catalog, synthetic_catalog
 from benchmarks.driver import new_histogram
-from benchmarks.empty_server import canned_response, server_options
+from benchmarks.empty_server import canned_response, max_concurrent_rpcs, server_options
 from benchmarks.procs import ServerProcess, core_busy_seconds, free_port, machine_info, pinned
 from benchmarks.workload import (
     CatalogView,
@@ -789,7 +789,12 @@ def run(env: Env, only: set[str]) -> dict[str, Any]:
     }
     detect(env)
     res["features"] = {k: v is True for k, v in env.features.items()}
-    res["empty_server_options"] = server_options()[1]
+    opts, where = server_options()
+    res["empty_server_options"] = {
+        "from": where,
+        "options": [list(o) for o in opts],
+        "maximum_concurrent_rpcs": max_concurrent_rpcs(),
+    }
 
     def skip(section: str, why: str) -> None:
         res["skipped"][section] = why
