@@ -143,6 +143,11 @@ def markdown(res: dict[str, Any]) -> str:
     for key, what in extra.items():
         if key in h:
             lines.append(f"| {what} | {_fmt(h[key])} | report | – |")
+    if res.get("error"):
+        lines += ["", "**The run failed part-way**; what was measured is below.", ""]
+        lines += ["```", res["error"][-1500:].rstrip(), "```"]
+        if res.get("service_exit"):
+            lines += ["", res["service_exit"]]
     if res.get("skipped"):
         lines += ["", "Skipped sections:", ""]
         lines += [f"- **{k}**: {v}" for k, v in res["skipped"].items()]

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -775,9 +776,10 @@ def rates_for(saturation: float, fractions: tuple[float, ...]) -> list[float]:
     return sorted(r for r in rates if r >= 10)
 
 
-def run(env: Env, only: set[str]) -> dict[str, Any]:
+def run(env: Env, only: set[str], res: dict[str, Any]) -> None:
+    """Fill ``res`` section by section, so a failure part-way still leaves what was measured."""
     cfg = env.cfg
-    res: dict[str, Any] = {
+    res |= {
         "command": " ".join(
             shlex.quote(a) for a in ["python", "-m", "benchmarks.run", *sys.argv[1:]]
         ),
@@ -854,7 +856,7 @@ def run(env: Env, only: set[str]) -> dict[str, Any]:
 
     load_sections = want & {"empty", "service", "reload", "redis", "workers"}
     if not load_sections:
-        return res
+        return
     view = CatalogView.of(catalog_json)
     log(f"building workload: {cfg.results} results over {cfg.patients} patients")
     t0 = time.perf_counter()
@@ -921,6 +923,7 @@ def run(env: Env, only: set[str]) -> dict[str, Any]:
 
         if service is not None:
             log("service: load")
+            res["service_pid"] = service.pid
             svc = res["service"]
             assert svc_target is not None and svc_metrics is not None
             svc["python_closed"] = python_ceiling(env, svc_target, bodies, service)
@@ -954,8 +957,13 @@ def run(env: Env, only: set[str]) -> dict[str, Any]:
             run_redis_sections(env, res, want, active_catalog, pop, bodies, frames)
     finally:
         if service is not None:
+            code = service.proc.poll()
+            if code is not None:
+                res["service_exit"] = (
+                    f"the service exited ({code}) during the run; log tail: "
+                    + service.log_path.read_text(errors="replace")[-600:]
+                )
             service.stop()
-    return res
 
 
 def run_redis_sections(
@@ -1049,12 +1057,21 @@ def main(argv: list[str] | None = None) -> int:
     if pin:
         os.sched_setaffinity(0, {1})  # the runner itself stays off the server's core
     t0 = time.monotonic()
-    res = run(env, only)
+    res: dict[str, Any] = {}
+    status = 0
+    try:
+        run(env, only, res)
+    except Exception:  # the partial results are still worth writing
+        res["error"] = traceback.format_exc()[-4000:]
+        log(f"FAILED, writing what was measured:\n{res['error']}")
+        status = 1
     res["wall_s"] = time.monotonic() - t0
-    res["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    res.setdefault("machine", machine_info())["loadavg_end"] = (
+        Path("/proc/loadavg").read_text().split()[:3]
+    )
     report.write_all(res, out)
     log(f"done in {res['wall_s']:.0f}s: {out / 'RESULTS.md'}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":
