@@ -63,7 +63,7 @@ class CatalogView:
     gene_tests: list[dict[str, Any]]
     institutions: list[str]
     sendout_labs: list[dict[str, Any]]
-    max_window_days: int
+    max_window_days: int  # retention of codes without a window of their own
 
     @classmethod
     def of(cls, cat: dict[str, Any]) -> CatalogView:
@@ -77,7 +77,9 @@ class CatalogView:
             for r in cat["recognition_items"]
             if r.get("category") == "EXAM"
         ]
-        windows = [d for _, d in labs + exams] + [
+        # What the store keeps a code for (Snapshot.retention_us): a recognition item its
+        # validity, a gene test its repeat interval, anything else the longest validity.
+        windows = [d for _, d in labs + exams] or [
             int(g["repeat_interval_days"])
             for g in cat["gene_tests"]
             if g.get("repeat_interval_days")
