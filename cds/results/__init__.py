@@ -7,5 +7,15 @@ from cds.results.base import (
     ResultsUnavailable,
     StoredRow,
 )
+from cds.results.memory import MemoryResultStore
+from cds.results.redis_store import RedisResultStore
 
-__all__ = ["EMPTY_RESULTS", "PatientResults", "ResultStore", "ResultsUnavailable", "StoredRow"]
+__all__ = [
+    "EMPTY_RESULTS",
+    "MemoryResultStore",
+    "PatientResults",
+    "RedisResultStore",
+    "ResultStore",
+    "ResultsUnavailable",
+    "StoredRow",
+]

@@ -1,0 +1,7 @@
+"""``python -m cds`` is the ``cds`` command."""
+
+import sys
+
+from cds.cli import main
+
+sys.exit(main())

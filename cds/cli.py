@@ -1,0 +1,410 @@
+"""The ``cds`` command: run the server, validate a catalogue, and talk to a running server.
+
+Client commands read and print the proto JSON mapping (``google.protobuf.json_format``),
+field names as in the contract, so what you type is exactly what an EMR would send.
+Exit codes: 0 success, 1 a refused catalogue or a failed call, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TextIO
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from cds.config import (
+    DEFAULT_DECISION_LOG,
+    DEFAULT_DECISION_TTL_SECONDS,
+    DEFAULT_GRACE_SECONDS,
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_MAX_DECISIONS,
+    DEFAULT_MAX_RESULTS,
+    DEFAULT_METRICS_LISTEN,
+    ServeConfig,
+)
+
+PUT_BATCH = 10_000
+ENV_SERVER = "CDS_SERVER"
+ENV_TOKEN = "CDS_TOKEN"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cds", description="Order-time clinical decision support (gRPC service)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--catalog", required=True, help="catalogue JSON file")
+    serve.add_argument(
+        "--listen", default=DEFAULT_LISTEN, help="gRPC HOST:PORT (default %(default)s)"
+    )
+    serve.add_argument(
+        "--metrics-listen",
+        default=DEFAULT_METRICS_LISTEN,
+        help="Prometheus HOST:PORT (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-results",
+        type=_positive_int,
+        default=DEFAULT_MAX_RESULTS,
+        help="results kept in memory; least recently used patients go first (default %(default)s)",
+    )
+    log_flags = serve.add_mutually_exclusive_group()
+    log_flags.add_argument(
+        "--decision-log",
+        default=DEFAULT_DECISION_LOG,
+        help="JSON-lines log of WARN/BLOCK decisions and feedback (default %(default)s)",
+    )
+    log_flags.add_argument(
+        "--no-decision-log",
+        dest="decision_log",
+        action="store_const",
+        const=None,
+        help="record no decisions or feedback",
+    )
+    serve.add_argument(
+        "--pseudonym-key",
+        help="key file for pseudonymising ids in the log (default: a per-process random key)",
+    )
+    serve.add_argument(
+        "--grace",
+        type=_non_negative_float,
+        default=DEFAULT_GRACE_SECONDS,
+        help="seconds to drain in-flight calls on SIGTERM (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-decisions",
+        type=_positive_int,
+        default=DEFAULT_MAX_DECISIONS,
+        help="decisions remembered for feedback (default %(default)s)",
+    )
+    serve.add_argument(
+        "--decision-ttl",
+        type=_non_negative_float,
+        default=DEFAULT_DECISION_TTL_SECONDS,
+        help="seconds a decision is remembered for feedback (default %(default)s)",
+    )
+    security = serve.add_argument_group("security (docs/security.md)")
+    security.add_argument("--tls-cert", help="server certificate (PEM); needs --tls-key")
+    security.add_argument("--tls-key", help="server private key (PEM)")
+    security.add_argument("--tls-client-ca", help="CA of client certificates: requires mutual TLS")
+    security.add_argument(
+        "--auth-tokens", help="roles file: hashed bearer tokens and certificate subjects"
+    )
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --listen without both TLS and --auth-tokens (logged)",
+    )
+    security.add_argument(
+        "--max-concurrent-rpcs",
+        type=_positive_int,
+        default=DEFAULT_MAX_CONCURRENT_RPCS,
+        help="beyond this, calls get RESOURCE_EXHAUSTED at once (default %(default)s)",
+    )
+    serve.add_argument("--log-level", default="INFO", help="default %(default)s")
+    serve.set_defaults(func=_serve)
+
+    catalog = sub.add_parser("catalog", help="catalogue commands").add_subparsers(
+        dest="catalog_command", required=True
+    )
+    validate = catalog.add_parser("validate", help="validate a catalogue file")
+    validate.add_argument("path")
+    validate.set_defaults(func=_catalog_validate)
+    reload = catalog.add_parser("reload", help="ask a running server to reload its catalogue")
+    reload.add_argument("--dry-run", action="store_true", help="validate and diff only")
+    _client_args(reload)
+    reload.set_defaults(func=_catalog_reload)
+    status = catalog.add_parser("status", help="the running server's catalogue status")
+    _client_args(status)
+    status.set_defaults(func=_catalog_status)
+
+    check = sub.add_parser("check", help="send a CheckRequest (JSON) and print the answer")
+    check.add_argument("file", nargs="?", default="-", help="JSON request file, - for stdin")
+    _client_args(check)
+    check.set_defaults(func=_check)
+
+    results = sub.add_parser("results", help="results feed commands").add_subparsers(
+        dest="results_command", required=True
+    )
+    put = results.add_parser("put", help="put results from a JSON-lines file (one Result a line)")
+    put.add_argument("file", help="JSON-lines file, - for stdin")
+    _client_args(put)
+    put.set_defaults(func=_results_put)
+    withdraw = results.add_parser("withdraw", help="withdraw results of one patient")
+    withdraw.add_argument("--patient", required=True, help="patient_id")
+    withdraw.add_argument("result_ids", nargs="+", metavar="RESULT_ID")
+    _client_args(withdraw)
+    withdraw.set_defaults(func=_results_withdraw)
+    return parser
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server",
+        default=os.environ.get(ENV_SERVER, DEFAULT_LISTEN),
+        help=f"server HOST:PORT (default ${ENV_SERVER} or %(default)s)",
+    )
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds (default %(default)s)")
+    p.add_argument("--tls-ca", help="CA that signed the server's certificate: connect with TLS")
+    p.add_argument("--tls-cert", help="client certificate (PEM), for mutual TLS")
+    p.add_argument("--tls-key", help="client private key (PEM), for mutual TLS")
+    p.add_argument(
+        "--token",
+        default=os.environ.get(ENV_TOKEN),
+        help=f"bearer token for a server with --auth-tokens (default ${ENV_TOKEN})",
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("cds serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        print("cds serve: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from cds.server import run
+
+    config = ServeConfig(
+        catalog=args.catalog,
+        listen=args.listen,
+        metrics_listen=args.metrics_listen,
+        max_results=args.max_results,
+        decision_log=args.decision_log,
+        pseudonym_key=args.pseudonym_key,
+        grace=args.grace,
+        max_decisions=args.max_decisions,
+        decision_ttl=args.decision_ttl,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_tokens=args.auth_tokens,
+        insecure=args.insecure,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+    )
+    return asyncio.run(run(config))
+
+
+def _catalog_validate(args: argparse.Namespace) -> int:
+    from cds.catalog import CatalogError, summarize
+    from cds.state import CatalogRefused, build
+
+    try:
+        snapshot = build(args.path)
+    except CatalogRefused as refused:
+        print(f"{args.path}: invalid, {len(refused.errors)} error(s):", file=sys.stderr)
+        for error in refused.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    except CatalogError as e:  # pragma: no cover - build() converts these
+        print(f"{args.path}: {e}", file=sys.stderr)
+        return 1
+    print(summarize(snapshot))
+    return 0
+
+
+def _print_message(message: Message, out: TextIO = sys.stdout) -> None:
+    out.write(
+        json_format.MessageToJson(
+            message,
+            preserving_proto_field_name=True,
+            indent=2,
+            ensure_ascii=False,
+            always_print_fields_with_no_presence=True,
+        )
+        + "\n"
+    )
+
+
+def _call(args: argparse.Namespace, fn: Callable[[Any], Any]) -> int:
+    """Run ``fn(channel)`` against ``--server``; a failed call prints its status, exits 1."""
+    try:
+        channel = _channel(args)
+    except OSError as e:
+        print(f"cds: {e}", file=sys.stderr)
+        return 2
+    with channel:
+        try:
+            fn(channel)
+        except grpc.RpcError as e:
+            print(f"cds: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    token = args.token
+    if args.tls_ca is None:
+        if token:
+            # Tokens travel only over TLS in production; on loopback this is for trying.
+            interceptor = _TokenInterceptor(token)
+            return grpc.intercept_channel(grpc.insecure_channel(args.server), interceptor)
+        return grpc.insecure_channel(args.server)
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(args.tls_ca),
+        private_key=read(args.tls_key),
+        certificate_chain=read(args.tls_cert),
+    )
+    if token:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token)
+        )
+    return grpc.secure_channel(args.server, credentials)
+
+
+class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """Adds ``authorization: Bearer`` to every call (on a plaintext loopback channel)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        details = details._replace(metadata=(*(details.metadata or ()), *self._metadata))
+        return continuation(details, request)
+
+
+def _read(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _check(args: argparse.Namespace) -> int:
+    from cds.v1 import order_check_pb2, order_check_pb2_grpc
+
+    try:
+        request = json_format.Parse(_read(args.file), order_check_pb2.CheckRequest())
+    except (OSError, json_format.ParseError) as e:
+        print(f"cds: cannot read the request: {e}", file=sys.stderr)
+        return 2
+
+    def call(channel: Any) -> None:
+        stub = order_check_pb2_grpc.OrderCheckServiceStub(channel)
+        _print_message(stub.Check(request, timeout=args.timeout))
+
+    return _call(args, call)
+
+
+def _catalog_reload(args: argparse.Namespace) -> int:
+    from cds.v1 import catalog_admin_pb2, catalog_admin_pb2_grpc
+
+    def call(channel: Any) -> None:
+        stub = catalog_admin_pb2_grpc.CatalogAdminServiceStub(channel)
+        request = catalog_admin_pb2.ReloadCatalogRequest(dry_run=args.dry_run)
+        _print_message(stub.ReloadCatalog(request, timeout=args.timeout))
+
+    return _call(args, call)
+
+
+def _catalog_status(args: argparse.Namespace) -> int:
+    from cds.v1 import catalog_admin_pb2, catalog_admin_pb2_grpc
+
+    def call(channel: Any) -> None:
+        stub = catalog_admin_pb2_grpc.CatalogAdminServiceStub(channel)
+        request = catalog_admin_pb2.GetCatalogStatusRequest()
+        _print_message(stub.GetCatalogStatus(request, timeout=args.timeout))
+
+    return _call(args, call)
+
+
+def _json_lines(text: str) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield number, line
+
+
+def _results_put(args: argparse.Namespace) -> int:
+    from cds.v1 import result_feed_pb2, result_feed_pb2_grpc, types_pb2
+
+    try:
+        results = [
+            json_format.Parse(line, types_pb2.Result()) for _, line in _json_lines(_read(args.file))
+        ]
+    except (OSError, json_format.ParseError) as e:
+        print(f"cds: cannot read the results: {e}", file=sys.stderr)
+        return 2
+
+    def call(channel: Any) -> None:
+        stub = result_feed_pb2_grpc.ResultFeedServiceStub(channel)
+        total = result_feed_pb2.PutResultsResponse()
+        for start in range(0, len(results), PUT_BATCH):
+            batch = results[start : start + PUT_BATCH]
+            response = stub.PutResults(
+                result_feed_pb2.PutResultsRequest(results=batch), timeout=args.timeout
+            )
+            total.accepted += response.accepted
+            total.rejected += response.rejected
+            # Row indexes in errors are per request; shift them to the file's order.
+            total.errors.extend(_shift_rows(e, start) for e in response.errors)
+        _print_message(total)
+
+    return _call(args, call)
+
+
+def _shift_rows(error: str, offset: int) -> str:
+    prefix = "results["
+    if offset and error.startswith(prefix):
+        index, _, rest = error[len(prefix) :].partition("]")
+        if index.isdigit():
+            return f"{prefix}{int(index) + offset}]{rest}"
+    return error
+
+
+def _results_withdraw(args: argparse.Namespace) -> int:
+    from cds.v1 import result_feed_pb2, result_feed_pb2_grpc, types_pb2
+
+    def call(channel: Any) -> None:
+        stub = result_feed_pb2_grpc.ResultFeedServiceStub(channel)
+        request = result_feed_pb2.WithdrawResultsRequest(
+            results=[
+                types_pb2.ResultRef(patient_id=args.patient, result_id=r) for r in args.result_ids
+            ]
+        )
+        _print_message(stub.WithdrawResults(request, timeout=args.timeout))
+
+    return _call(args, call)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

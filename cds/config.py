@@ -1,0 +1,37 @@
+"""How `cds serve` is configured, with its defaults: importable without gRPC or the rules,
+so the client commands of the CLI start fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+DEFAULT_MAX_RESULTS = 1_000_000
+DEFAULT_GRACE_SECONDS = 10.0
+DEFAULT_MAX_DECISIONS = 100_000
+DEFAULT_DECISION_TTL_SECONDS = 3600.0
+# Beyond this grpc.aio answers RESOURCE_EXHAUSTED at once instead of queueing (cds.tls).
+DEFAULT_MAX_CONCURRENT_RPCS = 1000
+# Relative to the working directory; `make run` keeps it under the git-ignored var/.
+DEFAULT_DECISION_LOG = "var/decisions.jsonl"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    catalog: str
+    listen: str = DEFAULT_LISTEN
+    metrics_listen: str = DEFAULT_METRICS_LISTEN
+    max_results: int = DEFAULT_MAX_RESULTS
+    decision_log: str | None = DEFAULT_DECISION_LOG  # None: not recorded
+    pseudonym_key: str | None = None
+    grace: float = DEFAULT_GRACE_SECONDS
+    max_decisions: int = DEFAULT_MAX_DECISIONS
+    decision_ttl: float = DEFAULT_DECISION_TTL_SECONDS
+    # Security (docs/security.md): TLS, roles, protected mode, overload shedding.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_tokens: str | None = None
+    insecure: bool = False
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS

@@ -1,0 +1,110 @@
+"""The one seam between the service and the durable decision log (:mod:`cds.audit`).
+
+The service hands over domain objects (the order and its evaluation, or a
+:class:`~cds.decisions.FeedbackRecord`); what goes into the log, and how patient and
+clinician are pseudonymised, is the audit module's business. ``--no-decision-log``
+(or ``decision_log=None``) turns recording off, and start-up says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from cds.audit import DecisionLog, Pseudonymizer
+from cds.decisions import DecisionRecorder, FeedbackRecord
+from cds.domain import Evaluation, Order
+from cds.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class NoRecorder:
+    """No decision log configured: decisions and feedback are validated, not kept."""
+
+    def decision(
+        self,
+        decision_id: str,
+        order: Order,
+        evaluation: Evaluation,
+        catalog_version: str,
+        degraded: Sequence[str],
+        at_us: int,
+    ) -> None:
+        return None
+
+    async def feedback(self, record: FeedbackRecord) -> None:
+        return None
+
+    def reload_keys(self, pseudonym_key: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class AuditRecorder:
+    """Decisions and feedback into a started :class:`cds.audit.DecisionLog`."""
+
+    def __init__(self, decision_log: DecisionLog) -> None:
+        self._log = decision_log
+        self._log_decision = decision_log.log_decision
+
+    def decision(
+        self,
+        decision_id: str,
+        order: Order,
+        evaluation: Evaluation,
+        catalog_version: str,
+        degraded: Sequence[str],
+        at_us: int,
+    ) -> None:
+        self._log_decision(
+            decision_id=decision_id,
+            order=order,
+            evaluation=evaluation,
+            catalog_version=catalog_version,
+            degraded=degraded,
+            at_us=at_us,
+        )
+
+    async def feedback(self, record: FeedbackRecord) -> None:
+        remembered = record.remembered
+        line = record.line
+        await self._log.log_feedback(
+            decision_id=record.decision_id,
+            line_id=record.line_id,
+            outcome=record.outcome,
+            override_code=record.override_code,
+            comment=record.comment,
+            clinician_id=record.clinician_id,
+            patient_id=remembered.patient_id,
+            institution_id=remembered.institution_id,
+            department_id=remembered.department_id,
+            item_code=line.item_code,
+            reason_codes=[r.code for r in line.reasons],
+            catalog_version=remembered.catalog_version,
+            at_us=record.at_us,
+        )
+
+    def reload_keys(self, pseudonym_key: str) -> None:
+        self._log.set_pseudonymizer(Pseudonymizer.from_file(pseudonym_key))
+
+    async def close(self) -> None:
+        await self._log.close()
+
+
+def open_recorder(
+    decision_log: str | None, pseudonym_key: str | None, metrics: Metrics
+) -> DecisionRecorder:
+    """The configured recorder, started; raises OSError/ValueError on a bad path or key."""
+    if decision_log is None:
+        log.warning("decision log disabled: decisions and feedback are not recorded")
+        return NoRecorder()
+    pseudonymizer = Pseudonymizer.from_config(pseudonym_key)
+    decision_log_ = DecisionLog(
+        decision_log, pseudonymizer, on_drop=metrics.decision_log_dropped.inc
+    )
+    decision_log_.start()
+    log.info("decision log: %s", decision_log)
+    return AuditRecorder(decision_log_)

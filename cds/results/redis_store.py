@@ -1,0 +1,571 @@
+"""The shared result store on Redis (or Redis Cluster), for several workers and replicas.
+
+Layout. One hash per patient, ``<prefix>r:{<patient_id>}``, field ``result_id`` ->
+a packed row (``_pack``: expiry second, ``reported_at`` µs, the HR mark, item and
+institution codes; ~15 bytes plus the codes). A check reads exactly one key with
+``HGETALL`` (one round trip), upsert by result id is ``HSET`` of the field whatever
+its item code, and the hash tag puts everything of one patient in one Cluster slot,
+so the Lua scripts below are legal on Cluster.
+
+Expiry. Redis 7.0 (Debian bookworm's redis-server) has no per-field ``HEXPIRE``
+(7.4+), so: the key's TTL is the latest expiry of the rows ever written to it
+(``EXPIREAT NX`` then ``GT``: Redis >= 7.0), which frees a patient nobody writes to
+once all rows are useless; a read never returns a row past its expiry (filtered
+client-side), and expired fields are deleted by the write script of any later write
+to that patient and by a background prune of patients a read found expired rows in.
+Row expiries are stored to the second, rounded up: a row may outlive its
+``expires_at_us`` by under a second, which the ``StoredRow`` contract allows.
+
+Writes. ``put_many`` sends each chunk (``chunk_rows``, default 1,000) as one
+pipeline: one ``EVALSHA`` per group of up to 64 patients (per hash slot on Cluster)
+that, atomically per patient, prunes expired fields, ``HSET``s and extends the TTL;
+then the invalidation ``PUBLISH``. Grouping patients matters: redis-py packs commands
+in Python, so fewer, larger commands cost less client CPU; the cap keeps one script
+from blocking Redis (and everyone's checks) for long. ``put_many`` returns only after
+Redis has replied to every command: an acknowledged write is in Redis. Any error
+raises ``ResultsUnavailable`` and the feed retries; replays are idempotent.
+
+Near-cache and its guarantee. Each store instance keeps a small bounded TTL cache of
+decoded patients (``near_cache_size`` patients, ``near_cache_ttl_s``) so a patient's
+repeated checks in one ordering session cost one round trip. It stays correct when
+any worker or replica adds or withdraws a result because:
+
+1. the writing instance drops the patients from its own near-cache when it writes;
+2. every write pipeline ends with a ``PUBLISH`` of the batch's patient ids on
+   ``<prefix>inv``, executed by Redis after the writes; every instance subscribes and
+   drops those patients;
+3. a read only fills the near-cache if no invalidation arrived while it was in flight
+   (an epoch counter), so a stale reply racing an invalidation is never cached;
+4. the near-cache is used only while the subscription is confirmed: when it drops it
+   is cleared and bypassed, and cleared again on resubscribing (messages may have been
+   missed in between);
+5. the TTL bounds staleness if all of that somehow fails.
+
+So another instance sees a write as soon as it has processed the invalidation
+message (typically well under a millisecond after ``put_many`` returns), not
+atomically with it. Checks tolerate that: the engine reads results as of "now".
+
+Faults. Reads use short socket timeouts (``read_timeout_s``, default 50 ms; connect
+``connect_timeout_s``, 50 ms) to fit a check's ~100 ms budget; writes allow longer
+(``write_timeout_s``, 1 s). One immediate retry on a connection error (a pooled
+connection Redis closed on restart) and none on a timeout. Every Redis failure
+surfaces as ``ResultsUnavailable``; redis-py reconnects on the next call, so the
+store recovers by itself when Redis returns.
+
+``cached_count`` is approximate: a hash ``<prefix>n`` counts rows per expiry day
+(incremented by writes, decremented for replaced and withdrawn rows), refreshed in the
+background every ``count_refresh_s``; rows count until the end of their expiry day (UTC).
+
+Cluster. ``redis+cluster://host:port`` (any node; or ``cluster=True``) uses
+``redis.asyncio.cluster.RedisCluster``: script calls group patients by hash slot, the
+counter hash is one ordinary key, and the ``PUBLISH`` is sent after the pipeline
+(whose per-node parts run in parallel) so it still follows the writes. Classic pub/sub
+reaches subscribers on every node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import orjson
+from cachetools import TTLCache
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+
+from cds.domain import StoredResult
+from cds.results.base import EMPTY_RESULTS, PatientResults, ResultsUnavailable, StoredRow
+
+log = logging.getLogger(__name__)
+
+_US_PER_S = 1_000_000
+_S_PER_DAY = 86_400
+
+# expiry second (u32, rounded up), reported_at µs (i64), item length | HR mark << 15 (u16)
+_HEADER = struct.Struct("<IqH")
+_MARK_BIT = 0x8000
+
+# Several patients per call (one hash slot's worth on Cluster, at most
+# ``_PATIENTS_PER_SCRIPT``: one call blocks Redis, so it stays well under a millisecond).
+# For each patient KEYS[k]: drop its expired fields, upsert the given ones, extend the
+# key's TTL. ARGV[1] now (s); then per key: expire-at (s), n pairs, n deletes, the
+# field/value pairs, the fields to delete (upserts that are already expired).
+# Returns, per key, the previous values of the set and deleted fields (nil where absent).
+_PUT_LUA = """
+local now = tonumber(ARGV[1])
+local pos = 2
+local out = {}
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local expire_at = ARGV[pos]
+  local set_from = pos + 3
+  local set_to = set_from + 2 * tonumber(ARGV[pos + 1]) - 1
+  local del_to = set_to + tonumber(ARGV[pos + 2])
+  pos = del_to + 1
+  local current = redis.call('HGETALL', key)
+  local old_by_field = {}
+  local dead = {}
+  for i = 1, #current, 2 do
+    old_by_field[current[i]] = current[i + 1]
+    if struct.unpack('<I4', current[i + 1]) <= now then dead[#dead + 1] = current[i] end
+  end
+  local old = {}
+  for i = set_from, set_to, 2 do old[#old + 1] = old_by_field[ARGV[i]] or false end
+  for i = set_to + 1, del_to do old[#old + 1] = old_by_field[ARGV[i]] or false end
+  if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
+  if del_to > set_to then redis.call('HDEL', key, unpack(ARGV, set_to + 1, del_to)) end
+  if set_to > set_from then
+    redis.call('HSET', key, unpack(ARGV, set_from, set_to))
+    redis.call('EXPIREAT', key, expire_at, 'NX')
+    redis.call('EXPIREAT', key, expire_at, 'GT')
+  end
+  out[k] = old
+end
+return out
+"""
+
+# Per patient KEYS[k]: ARGV holds n, then n result ids. Returns, per key, their previous
+# values (nil where absent).
+_WITHDRAW_LUA = """
+local pos = 1
+local out = {}
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[pos])
+  local ids = {unpack(ARGV, pos + 1, pos + n)}
+  pos = pos + n + 1
+  out[k] = redis.call('HMGET', KEYS[k], unpack(ids))
+  redis.call('HDEL', KEYS[k], unpack(ids))
+end
+return out
+"""
+
+_PATIENTS_PER_SCRIPT = 64
+_CLUSTER_SCHEME = "redis+cluster://"
+_NEVER = 1 << 62
+
+
+def _pack(result: StoredResult, expires_at_us: int) -> bytes:
+    item = result.item_code.encode()
+    meta = len(item) | (_MARK_BIT if result.recognition_mark else 0)
+    expires_s = -(-expires_at_us // _US_PER_S)
+    return (
+        _HEADER.pack(expires_s, result.reported_at_us, meta) + item + result.institution_id.encode()
+    )
+
+
+def _expiry_s(packed: bytes) -> int:
+    return _HEADER.unpack_from(packed)[0]
+
+
+def _newest_first(result: StoredResult) -> tuple[int, str]:
+    return (result.reported_at_us, result.result_id)
+
+
+def _decode(raw: dict[bytes, bytes], now_us: int) -> tuple[PatientResults, int, bool]:
+    """The live rows grouped by item code, newest first; their earliest expiry (µs);
+    whether any row had already expired."""
+    if not raw:
+        return EMPTY_RESULTS, _NEVER, False
+    intern = sys.intern
+    offset = _HEADER.size
+    expired = False
+    earliest_s = _NEVER
+    grouped: dict[str, list[StoredResult]] = {}
+    for result_id, packed in raw.items():
+        expires_s, reported_at_us, meta = _HEADER.unpack_from(packed)
+        if expires_s * _US_PER_S <= now_us:
+            expired = True
+            continue
+        earliest_s = min(earliest_s, expires_s)
+        end = offset + (meta & ~_MARK_BIT)
+        item_code = intern(packed[offset:end].decode())
+        result = StoredResult(
+            result_id.decode(),
+            item_code,
+            intern(packed[end:].decode()),
+            reported_at_us,
+            bool(meta & _MARK_BIT),
+        )
+        group = grouped.get(item_code)
+        if group is None:
+            grouped[item_code] = [result]
+        else:
+            group.append(result)
+    if not grouped:
+        return EMPTY_RESULTS, _NEVER, expired
+    by_item: dict[str, tuple[StoredResult, ...]] = {}
+    for item_code, group in grouped.items():
+        if len(group) > 1:
+            group.sort(key=_newest_first, reverse=True)
+        by_item[item_code] = tuple(group)
+    return by_item, earliest_s * _US_PER_S, expired
+
+
+def _chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+class RedisResultStore:
+    """``ResultStore`` on Redis shared by every worker and replica; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cluster: bool | None = None,
+        key_prefix: str = "cds:",
+        clock: Callable[[], float] = time.time,
+        connect_timeout_s: float = 0.05,
+        read_timeout_s: float = 0.05,
+        write_timeout_s: float = 1.0,
+        near_cache_size: int = 10_000,
+        near_cache_ttl_s: float = 10.0,
+        chunk_rows: int = 1_000,
+        count_refresh_s: float = 5.0,
+        maintenance_interval_s: float = 1.0,
+    ) -> None:
+        if url.startswith(_CLUSTER_SCHEME):
+            url = "redis://" + url[len(_CLUSTER_SCHEME) :]
+            cluster = True
+        self._cluster = bool(cluster)
+        self._prefix = key_prefix
+        self._channel = f"{key_prefix}inv"
+        self._count_key = f"{key_prefix}n"
+        self._clock = clock
+        self._chunk_rows = chunk_rows
+        self._count_refresh_s = count_refresh_s
+        self._maintenance_interval_s = maintenance_interval_s
+        self._reader = self._client(url, connect_timeout_s, read_timeout_s)
+        self._writer = self._client(url, max(connect_timeout_s, 0.5), write_timeout_s)
+        self._put_sha = ""
+        self._withdraw_sha = ""
+        # patient -> (results, earliest row expiry µs)
+        self._near: TTLCache[str, tuple[PatientResults, int]] | None = (
+            TTLCache(near_cache_size, near_cache_ttl_s) if near_cache_size > 0 else None
+        )
+        self._near_live = False  # only while the invalidation subscription is confirmed
+        self._subscribed = asyncio.Event()
+        self._epoch = 0
+        # How many times the invalidation subscription was (re)confirmed: for health and tests.
+        self.subscriptions_confirmed = 0
+        self._to_prune: set[str] = set()
+        self._count = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    def _client(self, url: str, connect_timeout_s: float, timeout_s: float) -> Any:
+        # One immediate retry, only on a connection error: a pooled connection that
+        # Redis closed (restart) is replaced at once; a timeout is not paid twice.
+        options: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout_s,
+            "socket_timeout": timeout_s,
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        }
+        if self._cluster:
+            return RedisCluster.from_url(url, **options)
+        return Redis.from_url(url, **options)
+
+    def _key(self, patient_id: str) -> str:
+        return f"{self._prefix}r:{{{patient_id}}}"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if not self._tasks and not self._closed:
+            asyncio.get_running_loop()  # RuntimeError outside a loop, before any task exists
+            self._tasks = [
+                asyncio.create_task(self._follow_invalidations(), name="cds-redis-invalidations"),
+                asyncio.create_task(self._maintain(), name="cds-redis-maintenance"),
+            ]
+
+    async def start(self, timeout_s: float = 2.0) -> bool:
+        """Start the background tasks and wait (bounded) until invalidations are followed.
+
+        Optional: every method starts them lazily. Returns whether the near-cache is live.
+        """
+        self._ensure_started()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), timeout_s)
+        return self._near_live
+
+    async def close(self) -> None:
+        # The loops also watch _closed: redis-py can turn a cancellation that races a
+        # read timeout into a TimeoutError, which the loops treat as a lost connection.
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=3.0)
+        self._tasks = []
+        await self._reader.aclose()
+        await self._writer.aclose()
+
+    # -- near-cache -----------------------------------------------------------------------
+
+    def _invalidate(self, patient_ids: Iterable[str]) -> None:
+        self._epoch += 1
+        near = self._near
+        if near is not None:
+            for patient_id in patient_ids:
+                near.pop(patient_id, None)
+
+    def _set_near_live(self, live: bool) -> None:
+        self._epoch += 1
+        if self._near is not None:
+            self._near.clear()
+        self._near_live = live and self._near is not None
+        if live:
+            self._subscribed.set()
+        else:
+            self._subscribed.clear()
+
+    async def _follow_invalidations(self) -> None:
+        backoff = 0.05
+        while not self._closed:
+            try:
+                if self._cluster:
+                    await self._writer.initialize()  # its pubsub needs the slot map
+                pubsub = self._writer.pubsub()
+            except Exception as exc:
+                log.warning("results invalidation subscription failed: %s", type(exc).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            try:
+                await pubsub.subscribe(self._channel)
+                while not self._closed:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        self._set_near_live(True)  # anything missed before is gone too
+                        self.subscriptions_confirmed += 1
+                        backoff = 0.05
+                    elif message["type"] == "message":
+                        self._invalidate(orjson.loads(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: stop trusting the near-cache
+                log.warning("results invalidation subscription lost: %s", type(exc).__name__)
+            finally:
+                self._set_near_live(False)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    async def _maintain(self) -> None:
+        """Prune patients a read found expired rows in; refresh the approximate count."""
+        next_count = 0.0
+        while not self._closed:
+            if self._to_prune:
+                patients, self._to_prune = self._to_prune, set()
+                with contextlib.suppress(RedisError, OSError, ResultsUnavailable):
+                    keys = [self._key(p) for p in patients]
+                    head = [int(self._clock())]
+                    await self._run_scripts("put", keys, [[0, 0, 0]] * len(keys), head)
+            if time.monotonic() >= next_count:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._refresh_count()
+                next_count = time.monotonic() + self._count_refresh_s
+            await asyncio.sleep(self._maintenance_interval_s)
+
+    async def _refresh_count(self) -> None:
+        buckets = await self._writer.hgetall(self._count_key)
+        today = int(self._clock()) // _S_PER_DAY
+        past = [day for day in buckets if int(day) < today]
+        self._count = max(0, sum(int(n) for day, n in buckets.items() if int(day) >= today))
+        if past:
+            await self._writer.hdel(self._count_key, *past)
+
+    # -- scripts and pipelines ----------------------------------------------------------
+
+    async def _load_scripts(self) -> None:
+        self._put_sha = await self._writer.script_load(_PUT_LUA)
+        self._withdraw_sha = await self._writer.script_load(_WITHDRAW_LUA)
+
+    def _groups(self, keys: list[str]) -> list[list[int]]:
+        """Indexes of ``keys`` per script call: one hash slot each on Cluster, bounded size."""
+        if self._cluster:
+            by_slot: dict[int, list[int]] = {}
+            for i, key in enumerate(keys):
+                by_slot.setdefault(key_slot(key.encode()), []).append(i)
+            slots = list(by_slot.values())
+        else:
+            slots = [list(range(len(keys)))]
+        return [
+            slot[start : start + _PATIENTS_PER_SCRIPT]
+            for slot in slots
+            for start in range(0, len(slot), _PATIENTS_PER_SCRIPT)
+        ]
+
+    async def _run_scripts(
+        self,
+        script: str,
+        keys: list[str],
+        args: list[list[Any]],
+        head: list[Any],
+        publish: list[str] | None = None,
+    ) -> list[list[Any]]:
+        """Run a script over many patients in one pipeline (one round trip); per-key replies.
+
+        ``args[i]`` are key ``i``'s arguments, ``head`` goes first in every call. Reloads
+        the scripts once if Redis lost them (a restart empties its script cache).
+        """
+        groups = self._groups(keys)
+        for attempt in (1, 2):
+            if not self._put_sha:
+                await self._load_scripts()
+            sha = self._put_sha if script == "put" else self._withdraw_sha
+            pipe = self._writer.pipeline(transaction=False)
+            for group in groups:
+                argv = list(head)
+                for i in group:
+                    argv += args[i]
+                # execute_command: redis-py blocks the evalsha() helper on cluster pipelines,
+                # but routes a raw EVALSHA by its keys (all in one slot here).
+                pipe.execute_command("EVALSHA", sha, len(group), *[keys[i] for i in group], *argv)
+            if publish and not self._cluster:
+                pipe.publish(self._channel, orjson.dumps(publish))
+            replies = await pipe.execute(raise_on_error=False)
+            errors = [r for r in replies if isinstance(r, Exception)]
+            if errors and attempt == 1 and all(isinstance(e, NoScriptError) for e in errors):
+                self._put_sha = ""
+                continue
+            if errors:
+                raise ResultsUnavailable(f"redis script failed: {errors[0]}")
+            if publish and self._cluster:
+                # cluster pipelines run per node in parallel: publish once all are applied
+                await self._writer.publish(self._channel, orjson.dumps(publish))
+            per_key: list[list[Any]] = [[] for _ in keys]
+            for group, reply in zip(groups, replies, strict=False):
+                for i, old_values in zip(group, reply, strict=True):
+                    per_key[i] = old_values
+            return per_key
+        raise AssertionError("unreachable")
+
+    async def _adjust_counts(self, deltas: dict[int, int]) -> None:
+        """Best effort: the count is approximate, the rows are already written."""
+        deltas = {day: n for day, n in deltas.items() if n}
+        if not deltas:
+            return
+        with contextlib.suppress(RedisError, OSError):
+            pipe = self._writer.pipeline(transaction=False)
+            for day, n in deltas.items():
+                pipe.hincrby(self._count_key, str(day), n)
+            await pipe.execute()
+
+    # -- the ResultStore interface ------------------------------------------------------
+
+    async def get_patient(self, patient_id: str) -> PatientResults:
+        self._ensure_started()
+        near = self._near
+        if self._near_live and near is not None:
+            cached = near.get(patient_id)
+            # a cached patient whose earliest row has since expired is read afresh
+            if cached is not None and cached[1] > self._clock() * _US_PER_S:
+                return cached[0]
+        epoch = self._epoch
+        try:
+            raw = await self._reader.hgetall(self._key(patient_id))
+        except (RedisError, OSError) as exc:
+            raise ResultsUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+        results, earliest_us, expired = _decode(raw, int(self._clock() * _US_PER_S))
+        if expired:
+            self._to_prune.add(patient_id)
+        if self._near_live and near is not None and self._epoch == epoch:
+            near[patient_id] = (results, earliest_us)
+        return results
+
+    async def put_many(self, rows: Sequence[StoredRow]) -> None:
+        self._ensure_started()
+        for chunk in _chunks(rows, self._chunk_rows):
+            await self._put_chunk(chunk)
+
+    async def _put_chunk(self, rows: Sequence[StoredRow]) -> None:
+        now_us = int(self._clock() * _US_PER_S)
+        # patient -> (field/value pairs, already-expired result ids, latest expiry second)
+        by_patient: dict[str, tuple[list[Any], list[str], list[int]]] = {}
+        added: dict[int, int] = {}
+        for patient_id, result, expires_at_us in rows:
+            entry = by_patient.get(patient_id)
+            if entry is None:
+                entry = by_patient[patient_id] = ([], [], [0])
+            if expires_at_us <= now_us:
+                entry[1].append(result.result_id)
+                continue
+            packed = _pack(result, expires_at_us)
+            entry[0].append(result.result_id)
+            entry[0].append(packed)
+            expires_s = _expiry_s(packed)
+            entry[2][0] = max(entry[2][0], expires_s)
+            day = expires_s // _S_PER_DAY
+            added[day] = added.get(day, 0) + 1
+        keys = [self._key(p) for p in by_patient]
+        args = [
+            [expire_at[0], len(pairs) // 2, len(deletes), *pairs, *deletes]
+            for pairs, deletes, expire_at in by_patient.values()
+        ]
+        try:
+            replies = await self._run_scripts(
+                "put", keys, args, [now_us // _US_PER_S], publish=list(by_patient)
+            )
+        except (RedisError, OSError) as exc:
+            raise ResultsUnavailable(f"redis write failed: {type(exc).__name__}") from exc
+        finally:
+            self._invalidate(by_patient)
+        for old_values in replies:
+            for old in old_values:
+                if old is not None:
+                    day = _expiry_s(old) // _S_PER_DAY
+                    added[day] = added.get(day, 0) - 1
+        await self._adjust_counts(added)
+
+    async def withdraw_many(self, refs: Sequence[tuple[str, str]]) -> int:
+        self._ensure_started()
+        withdrawn = 0
+        for chunk in _chunks(refs, self._chunk_rows):
+            by_patient: dict[str, list[str]] = {}
+            for patient_id, result_id in chunk:
+                by_patient.setdefault(patient_id, []).append(result_id)
+            keys = [self._key(p) for p in by_patient]
+            args = [[len(ids), *ids] for ids in by_patient.values()]
+            try:
+                replies = await self._run_scripts(
+                    "withdraw", keys, args, [], publish=list(by_patient)
+                )
+            except (RedisError, OSError) as exc:
+                raise ResultsUnavailable(f"redis write failed: {type(exc).__name__}") from exc
+            finally:
+                self._invalidate(by_patient)
+            now_us = int(self._clock() * _US_PER_S)
+            removed: dict[int, int] = {}
+            for old_values in replies:
+                for old in old_values:
+                    if old is None:
+                        continue
+                    expires_s = _expiry_s(old)
+                    if expires_s * _US_PER_S > now_us:
+                        withdrawn += 1
+                    day = expires_s // _S_PER_DAY
+                    removed[day] = removed.get(day, 0) - 1
+            await self._adjust_counts(removed)
+        return withdrawn
+
+    def cached_count(self) -> int:
+        """Approximate: rows per expiry day, refreshed every ``count_refresh_s``."""
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to start
+            self._ensure_started()
+        return self._count

@@ -1,0 +1,281 @@
+"""Wiring: catalogue, store, services, health, reflection, metrics, signals.
+
+Start-up order matters: the catalogue is loaded and validated before anything listens
+(a bad file exits non-zero with every error), health turns SERVING only after the
+server has started, and shutdown goes the other way round — health NOT_SERVING first,
+so load balancers stop sending, then in-flight calls drain for ``grace`` seconds, then
+the decision log and the store close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from cds.auth import Authenticator, AuthInterceptor
+from cds.config import ServeConfig
+from cds.decisions import DecisionMemory, DecisionRecorder
+from cds.metrics import Metrics
+from cds.recorder import open_recorder
+from cds.results.base import ResultStore
+from cds.results.memory import MemoryResultStore
+from cds.service.admin import CatalogAdmin
+from cds.service.check import OrderCheck
+from cds.service.feed import ResultFeed
+from cds.service.rpc import Handler, instrumented
+from cds.state import CatalogRefused, CatalogState
+from cds.tls import (
+    check_listen_policy,
+    check_metrics_listen,
+    server_credentials,
+    server_options,
+)
+from cds.v1 import (
+    catalog_admin_pb2,
+    catalog_admin_pb2_grpc,
+    order_check_pb2,
+    order_check_pb2_grpc,
+    result_feed_pb2,
+    result_feed_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+ORDER_CHECK = order_check_pb2.DESCRIPTOR.services_by_name["OrderCheckService"].full_name
+RESULT_FEED = result_feed_pb2.DESCRIPTOR.services_by_name["ResultFeedService"].full_name
+CATALOG_ADMIN = catalog_admin_pb2.DESCRIPTOR.services_by_name["CatalogAdminService"].full_name
+SERVICE_NAMES = (ORDER_CHECK, RESULT_FEED, CATALOG_ADMIN)
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` into its parts."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _servicer(methods: dict[str, Handler]) -> Any:
+    # The generated add_*_to_server only reads the method attributes, so a namespace
+    # of instrumented callables is a complete servicer.
+    return SimpleNamespace(**methods)
+
+
+class CdsServer:
+    """One running service: build with :meth:`create`, then :meth:`start` / :meth:`stop`."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        state: CatalogState,
+        store: ResultStore,
+        metrics: Metrics,
+        recorder: DecisionRecorder,
+        *,
+        authenticator: Authenticator | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.store = store
+        self.metrics = metrics
+        self.recorder = recorder
+        self.memory = DecisionMemory(config.max_decisions, config.decision_ttl)
+        self.health = health.aio.HealthServicer()
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._httpd: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.authenticator = authenticator
+        self._credentials = credentials
+        interceptors = [AuthInterceptor(authenticator)] if authenticator is not None else []
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            # One process owns the port: fail loudly if it is taken instead of sharing it.
+            options=[*server_options(), ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        self._register()
+
+    @classmethod
+    def create(cls, config: ServeConfig) -> CdsServer:
+        """Check the configuration and load the catalogue before anything listens.
+
+        Raises CatalogRefused for a bad catalogue and ValueError/OSError (message fit
+        for the operator) for a refused listen address, TLS or token file, or log path.
+        """
+        warning = check_listen_policy(
+            config.listen,
+            tls=config.tls_cert is not None,
+            auth=config.auth_tokens is not None,
+            insecure=config.insecure,
+        )
+        if warning is not None:
+            log.warning("%s", warning)
+        warning = check_metrics_listen(config.metrics_listen)
+        if warning is not None:
+            log.warning("%s", warning)
+        credentials = None
+        if config.tls_cert is not None and config.tls_key is not None:
+            credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        authenticator = Authenticator(config.auth_tokens) if config.auth_tokens else None
+        metrics = Metrics()
+        state = CatalogState.load(config.catalog, metrics=metrics)
+        store = MemoryResultStore(max_results=config.max_results)
+        metrics.results_cached.set_function(store.cached_count)
+        recorder = open_recorder(config.decision_log, config.pseudonym_key, metrics)
+        return cls(
+            config,
+            state,
+            store,
+            metrics,
+            recorder,
+            authenticator=authenticator,
+            credentials=credentials,
+        )
+
+    def _register(self) -> None:
+        m = self.metrics.rpc
+        check = OrderCheck(self.state, self.store, self.memory, self.metrics, self.recorder)
+        feed = ResultFeed(self.state, self.store, self.metrics)
+        admin = CatalogAdmin(self.state)
+        order_check_pb2_grpc.add_OrderCheckServiceServicer_to_server(
+            _servicer(
+                {
+                    "Check": instrumented(check.check, m(ORDER_CHECK, "Check")),
+                    "SubmitFeedback": instrumented(
+                        check.submit_feedback, m(ORDER_CHECK, "SubmitFeedback")
+                    ),
+                }
+            ),
+            self.server,
+        )
+        result_feed_pb2_grpc.add_ResultFeedServiceServicer_to_server(
+            _servicer(
+                {
+                    "PutResults": instrumented(feed.put_results, m(RESULT_FEED, "PutResults")),
+                    "WithdrawResults": instrumented(
+                        feed.withdraw_results, m(RESULT_FEED, "WithdrawResults")
+                    ),
+                }
+            ),
+            self.server,
+        )
+        catalog_admin_pb2_grpc.add_CatalogAdminServiceServicer_to_server(
+            _servicer(
+                {
+                    "ReloadCatalog": instrumented(
+                        admin.reload_catalog, m(CATALOG_ADMIN, "ReloadCatalog")
+                    ),
+                    "GetCatalogStatus": instrumented(
+                        admin.get_catalog_status, m(CATALOG_ADMIN, "GetCatalogStatus")
+                    ),
+                }
+            ),
+            self.server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+
+    async def start(self) -> None:
+        # The aio servicer starts out SERVING; nothing is served until we say so.
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._credentials is not None:
+            self.grpc_port = self.server.add_secure_port(self.config.listen, self._credentials)
+        else:
+            self.grpc_port = self.server.add_insecure_port(self.config.listen)
+        host, port = split_host_port(self.config.metrics_listen)
+        self._httpd, _ = start_http_server(port, host, registry=self.metrics.registry)
+        self.metrics_port = self._httpd.server_port
+        await self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def reload_on_signal(self) -> None:
+        """SIGHUP: the catalogue (as the RPC would), the tokens file and the pseudonym keys.
+
+        Each is refused whole on error, keeping what is in force; outcomes go to the log.
+        """
+        with contextlib.suppress(CatalogRefused):
+            await self.state.reload()
+        if self.authenticator is not None:
+            try:
+                await asyncio.to_thread(self.authenticator.reload)
+            except (OSError, ValueError) as e:
+                log.warning("tokens file not reloaded, the old credentials stay: %s", e)
+        if self.config.pseudonym_key is not None:
+            try:
+                self.recorder.reload_keys(self.config.pseudonym_key)
+            except (OSError, ValueError) as e:
+                log.warning("pseudonym keys not reloaded, the old keys stay: %s", e)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.grace)
+        await self.recorder.close()
+        await self.store.close()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+
+async def run(config: ServeConfig) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code."""
+    try:
+        server = CdsServer.create(config)
+    except CatalogRefused as refused:
+        print(f"cds: catalogue {config.catalog} is invalid:", file=sys.stderr)
+        for error in refused.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:  # listen policy, TLS/tokens/key files, log path
+        print(f"cds: cannot start: {e}", file=sys.stderr)
+        return 1
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(server.reload_on_signal()))
+    try:
+        await server.start()
+    except (RuntimeError, OSError, ValueError) as e:
+        print(f"cds: cannot listen: {e}", file=sys.stderr)
+        await server.stop()
+        return 1
+    host = split_host_port(config.listen)[0]
+    metrics_host = split_host_port(config.metrics_listen)[0]
+    log.info(
+        "serving catalogue version %s on %s:%d, metrics on http://%s:%d/metrics",
+        server.state.active.version,
+        host,
+        server.grpc_port,
+        metrics_host,
+        server.metrics_port,
+    )
+    await stopping.wait()
+    log.info("stopping: health NOT_SERVING, draining for up to %.1f s", config.grace)
+    await server.stop()
+    log.info("stopped")
+    return 0

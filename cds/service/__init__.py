@@ -1,0 +1,1 @@
+"""gRPC adapters: proto <-> domain, request checks, status codes. Nothing here decides."""

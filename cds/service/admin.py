@@ -1,0 +1,53 @@
+"""CatalogAdminService: hot reload and status, straight onto :class:`cds.state.CatalogState`."""
+
+from __future__ import annotations
+
+import grpc
+
+from cds.service.convert import us_timestamp
+from cds.service.rpc import RpcFailure
+from cds.state import CatalogRefused, CatalogState, errors_message
+from cds.v1 import catalog_admin_pb2
+
+
+class CatalogAdmin:
+    def __init__(self, state: CatalogState) -> None:
+        self._state = state
+
+    async def reload_catalog(
+        self, request: catalog_admin_pb2.ReloadCatalogRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_admin_pb2.ReloadCatalogResponse:
+        dry_run = request.dry_run
+        try:
+            outcome = await self._state.reload(dry_run=dry_run)
+        except CatalogRefused as refused:
+            raise RpcFailure(
+                grpc.StatusCode.FAILED_PRECONDITION, errors_message(refused.errors)
+            ) from refused
+        return catalog_admin_pb2.ReloadCatalogResponse(
+            activated=outcome.activated,
+            version=outcome.version,
+            previous_version=outcome.previous_version,
+            changes=outcome.changes,
+        )
+
+    async def get_catalog_status(
+        self,
+        request: catalog_admin_pb2.GetCatalogStatusRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> catalog_admin_pb2.GetCatalogStatusResponse:
+        state = self._state
+        active = state.active
+        snapshot = active.snapshot
+        response = catalog_admin_pb2.GetCatalogStatusResponse(
+            version=active.version,
+            loaded_at=us_timestamp(active.loaded_at_us),
+            source=snapshot.source or state.path,
+            last_error=state.last_error,
+            recognition_items=len(snapshot.recognition_items),
+            gene_tests=len(snapshot.gene_tests),
+            effective_date=snapshot.effective_date,
+        )
+        if state.last_error_at_us:
+            response.last_error_at.CopyFrom(us_timestamp(state.last_error_at_us))
+        return response

@@ -1,0 +1,70 @@
+"""ResultFeedService: the results feed upserts and withdraws results.
+
+A batch is never failed for its bad rows: each valid row is stored, each invalid one is
+counted and explained (``results[i].<field>: ...``, the first 100). Expiry comes from
+the catalogue active at the time of the put. If the store cannot take the batch the
+feed gets ``UNAVAILABLE`` and retries; nothing is acknowledged that was not stored.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from cds.metrics import Metrics
+from cds.results.base import ResultStore, ResultsUnavailable
+from cds.service.convert import refs_from_withdraw, rows_from_results
+from cds.service.rpc import RpcFailure, invalid_argument
+from cds.service.validation import MAX_RESULTS, MAX_WITHDRAWALS
+from cds.state import CatalogState
+from cds.v1 import result_feed_pb2
+
+_UNAVAILABLE = "results store unavailable; retry the batch"
+
+
+class ResultFeed:
+    def __init__(self, state: CatalogState, store: ResultStore, metrics: Metrics) -> None:
+        self._state = state
+        self._store = store
+        self._ingested = metrics.results_ingested
+        self._rejected = metrics.results_rejected
+
+    async def put_results(
+        self, request: result_feed_pb2.PutResultsRequest, context: grpc.aio.ServicerContext
+    ) -> result_feed_pb2.PutResultsResponse:
+        n = len(request.results)
+        if n > MAX_RESULTS:
+            raise invalid_argument(f"results: at most {MAX_RESULTS} results per request, got {n}")
+        snapshot = self._state.active.snapshot
+        rows, errors, rejected = rows_from_results(
+            request.results, time.time_ns() // 1000, snapshot.retention_us
+        )
+        if rows:
+            try:
+                await self._store.put_many(rows)
+            except (ResultsUnavailable, TimeoutError) as e:
+                raise RpcFailure(grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE) from e
+            self._ingested.inc(len(rows))
+        if rejected:
+            self._rejected.inc(rejected)
+        return result_feed_pb2.PutResultsResponse(
+            accepted=len(rows), rejected=rejected, errors=errors
+        )
+
+    async def withdraw_results(
+        self, request: result_feed_pb2.WithdrawResultsRequest, context: grpc.aio.ServicerContext
+    ) -> result_feed_pb2.WithdrawResultsResponse:
+        n = len(request.results)
+        if n > MAX_WITHDRAWALS:
+            raise invalid_argument(
+                f"results: at most {MAX_WITHDRAWALS} withdrawals per request, got {n}"
+            )
+        refs = refs_from_withdraw(request)
+        withdrawn = 0
+        if refs:
+            try:
+                withdrawn = await self._store.withdraw_many(refs)
+            except (ResultsUnavailable, TimeoutError) as e:
+                raise RpcFailure(grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE) from e
+        return result_feed_pb2.WithdrawResultsResponse(withdrawn=withdrawn)

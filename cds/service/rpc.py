@@ -1,0 +1,70 @@
+"""How a handler fails with a status, and the cheap per-call measurement around it.
+
+Handlers raise :class:`RpcFailure`; :func:`instrumented` turns it into the status and
+counts it. Measuring in a plain wrapper rather than a ``grpc.aio`` server interceptor
+saves the interceptor's extra coroutine and handler look-up on every call; the wrapper
+touches only children that :mod:`cds.metrics` resolved at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from time import perf_counter
+from typing import Any, TypeVar
+
+import grpc
+
+from cds.metrics import RpcMetrics
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class RpcFailure(Exception):
+    """Answer the call with this status; ``details`` names the field or the cause."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def invalid_argument(details: str) -> RpcFailure:
+    return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, details)
+
+
+def instrumented(handler: Handler, m: RpcMetrics) -> Handler:
+    """Wrap one bound handler: started/handled counters, latency, failures to status."""
+    started_inc = m.started.inc
+    ok_inc = m.handled_ok.inc
+    observe = m.seconds.observe
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started_inc()
+        t0 = perf_counter()
+        try:
+            response = await handler(request, context)
+        except RpcFailure as failure:
+            m.handled(failure.code).inc()
+            observe(perf_counter() - t0)
+            await context.abort(failure.code, failure.details)
+        except asyncio.CancelledError:
+            m.handled(grpc.StatusCode.CANCELLED).inc()
+            observe(perf_counter() - t0)
+            raise
+        except Exception:
+            # Never the request body: it carries patient identifiers.
+            log.exception("unexpected error in %s", m.name)
+            m.handled(grpc.StatusCode.INTERNAL).inc()
+            observe(perf_counter() - t0)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        ok_inc()
+        observe(perf_counter() - t0)
+        return response
+
+    return call

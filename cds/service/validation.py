@@ -1,0 +1,116 @@
+"""Request checks with the exact field names of the contract (§1 Semantics).
+
+Each check returns ``None`` or a message ``"<field>: <problem>"`` naming the field the
+way the contract and the proto spell it (``patient.patient_id``, ``items[3].line_id``),
+so an integrator can fix the request from the status message alone. String formatting
+happens only once something is wrong: the valid path is comparisons and ``len``.
+
+The Check request is checked in two steps: :func:`check_shape_error` on the proto
+before conversion (counts only, so a huge request is refused before it is copied), then
+:func:`order_error` on the converted :class:`~cds.domain.Order`, whose strings were
+read out of the proto once.
+"""
+
+from __future__ import annotations
+
+from cds.domain import US_PER_SECOND, Order
+from cds.v1 import order_check_pb2
+
+MAX_ITEMS = 100
+MAX_DIAGNOSES = 50
+MAX_STRING = 128
+MAX_RESULTS = 10_000
+MAX_WITHDRAWALS = 10_000
+MAX_RESULT_ERRORS = 100
+FUTURE_SKEW_US = 5 * 60 * US_PER_SECOND
+
+_TOO_LONG = f": longer than {MAX_STRING} characters"
+
+
+def check_shape_error(request: order_check_pb2.CheckRequest) -> str | None:
+    """Counts that bound the rest of the work; checked before the request is converted."""
+    n = len(request.items)
+    if n == 0:
+        return "items: at least one item is required"
+    if n > MAX_ITEMS:
+        return f"items: at most {MAX_ITEMS} items per request, got {n}"
+    d = len(request.patient.diagnosis_codes)
+    if d > MAX_DIAGNOSES:
+        return f"patient.diagnosis_codes: at most {MAX_DIAGNOSES} codes, got {d}"
+    return None
+
+
+def order_error(order: Order) -> str | None:
+    """Required fields, unique line ids and string lengths of a converted order."""
+    if not order.patient_id:
+        return "patient.patient_id: required"
+    if not order.institution_id:
+        return "institution_id: required"
+    if len(order.patient_id) > MAX_STRING:
+        return "patient.patient_id" + _TOO_LONG
+    if len(order.institution_id) > MAX_STRING:
+        return "institution_id" + _TOO_LONG
+    if len(order.request_id) > MAX_STRING:
+        return "request_id" + _TOO_LONG
+    if len(order.department_id) > MAX_STRING:
+        return "department_id" + _TOO_LONG
+    if len(order.clinician_id) > MAX_STRING:
+        return "clinician_id" + _TOO_LONG
+    if len(order.mdt_record_id) > MAX_STRING:
+        return "patient.mdt_record_id" + _TOO_LONG
+    for i, code in enumerate(order.diagnosis_codes):
+        if len(code) > MAX_STRING:
+            return f"patient.diagnosis_codes[{i}]" + _TOO_LONG
+    items = order.items
+    for i, item in enumerate(items):
+        if not item.line_id:
+            return f"items[{i}].line_id: required"
+        if not item.item_code:
+            return f"items[{i}].item_code: required"
+        if (
+            len(item.line_id) > MAX_STRING
+            or len(item.item_code) > MAX_STRING
+            or len(item.price_item_code) > MAX_STRING
+            or len(item.sendout_lab_id) > MAX_STRING
+        ):
+            return _item_string_error(i, item)
+    if len(items) > 1:
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            first = seen.setdefault(item.line_id, i)
+            if first != i:
+                return f"items[{i}].line_id: repeats items[{first}].line_id"
+    return None
+
+
+def _item_string_error(i: int, item: object) -> str:
+    for field in ("line_id", "item_code", "price_item_code", "sendout_lab_id"):
+        if len(getattr(item, field)) > MAX_STRING:
+            return f"items[{i}].{field}" + _TOO_LONG
+    raise AssertionError("called without a long string")  # pragma: no cover
+
+
+def result_error(
+    result_id: str,
+    patient_id: str,
+    item_code: str,
+    institution_id: str,
+    reported_at_us: int | None,
+    now_us: int,
+) -> str | None:
+    """Why one PutResults row is refused (``"<field>: <problem>"``), or ``None``."""
+    for field, value in (
+        ("result_id", result_id),
+        ("patient_id", patient_id),
+        ("item_code", item_code),
+        ("institution_id", institution_id),
+    ):
+        if not value:
+            return field + ": required"
+        if len(value) > MAX_STRING:
+            return field + _TOO_LONG
+    if reported_at_us is None:
+        return "reported_at: required"
+    if reported_at_us > now_us + FUTURE_SKEW_US:
+        return "reported_at: more than 5 minutes after the server's clock"
+    return None

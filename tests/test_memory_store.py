@@ -1,0 +1,147 @@
+"""What only the in-process store promises: a bound in results, LRU patients, exact count."""
+
+from __future__ import annotations
+
+import asyncio
+
+from cds.domain import US_PER_DAY, US_PER_SECOND
+from cds.results import MemoryResultStore
+from tests.support.stores import FakeClock, row
+
+HOUR = 3600 * US_PER_SECOND
+
+
+def rows_for(patient_id: str, n: int, clock: FakeClock, expires_in_us: int = US_PER_DAY):
+    return [
+        row(patient_id, f"{patient_id}-{i}", reported_at_us=clock.now_us - i,
+            expires_at_us=clock.now_us + expires_in_us)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_the_bound_counts_results_and_evicts_the_least_recently_used_patient() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=5, clock=clock)
+        await store.put_many(rows_for("p1", 2, clock))
+        await store.put_many(rows_for("p2", 2, clock))
+        await store.get_patient("p1")  # p1 is now more recent than p2
+        await store.put_many(rows_for("p3", 2, clock))  # 6 > 5: one patient must go
+        assert dict(await store.get_patient("p2")) == {}
+        assert len((await store.get_patient("p1"))["K"]) == 2
+        assert len((await store.get_patient("p3"))["K"]) == 2
+        assert store.cached_count() == 4
+
+    asyncio.run(scenario())
+
+
+def test_a_write_counts_as_a_use_for_eviction() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=4, clock=clock)
+        await store.put_many(rows_for("p1", 2, clock))
+        await store.put_many(rows_for("p2", 2, clock))
+        await store.put_many([rows_for("p1", 3, clock)[2]])  # p1 written again: 5 > 4
+        assert dict(await store.get_patient("p2")) == {}
+        assert len((await store.get_patient("p1"))["K"]) == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_patient_larger_than_the_whole_bound_keeps_its_newest_results() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=3, clock=clock)
+        await store.put_many(rows_for("p", 5, clock))
+        assert [r.result_id for r in (await store.get_patient("p"))["K"]] == ["p-0", "p-1", "p-2"]
+        assert store.cached_count() == 3
+
+    asyncio.run(scenario())
+
+
+def test_cached_count_is_exact_through_puts_upserts_withdrawals_and_expiry() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=100, clock=clock)
+        assert store.cached_count() == 0
+        await store.put_many(rows_for("p1", 3, clock) + rows_for("p2", 2, clock, HOUR))
+        assert store.cached_count() == 5
+        await store.put_many(rows_for("p1", 1, clock))  # an upsert, not a new row
+        assert store.cached_count() == 5
+        assert await store.withdraw_many([("p1", "p1-1"), ("p1", "nope")]) == 1
+        assert store.cached_count() == 4
+        clock.advance(HOUR / US_PER_SECOND)  # p2's rows expire; nobody reads p2
+        assert store.cached_count() == 2
+
+    asyncio.run(scenario())
+
+
+def test_expired_rows_of_unread_patients_are_swept_and_free_the_bound() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=4, clock=clock)
+        await store.put_many(rows_for("p2", 2, clock))
+        await store.put_many(rows_for("old", 2, clock, HOUR))  # the most recently used
+        clock.advance(2 * HOUR / US_PER_SECOND)
+        # "old" is swept, so the least recently used p2 need not make room for p3
+        await store.put_many(rows_for("p3", 2, clock, 3 * US_PER_DAY))
+        assert len((await store.get_patient("p2"))["K"]) == 2
+        assert store.cached_count() == 4
+
+    asyncio.run(scenario())
+
+
+def test_sweeping_a_patient_does_not_count_as_a_use() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=4, clock=clock)
+        await store.put_many(
+            [
+                row("p1", "soon", reported_at_us=clock.now_us, expires_at_us=clock.now_us + HOUR),
+                row(
+                    "p1", "late", reported_at_us=clock.now_us, expires_at_us=clock.now_us + 9 * HOUR
+                ),
+            ]
+        )
+        await store.put_many(rows_for("p2", 2, clock))
+        clock.advance(2 * HOUR / US_PER_SECOND)
+        assert store.cached_count() == 3  # p1's "soon" swept; p1 is still least recent
+        await store.put_many(rows_for("p3", 2, clock))
+        assert dict(await store.get_patient("p1")) == {}
+        assert len((await store.get_patient("p2"))["K"]) == 2
+
+    asyncio.run(scenario())
+
+
+def test_reads_hand_out_the_same_mapping_until_a_write_replaces_it() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=10, clock=clock)
+        await store.put_many(rows_for("p", 2, clock))
+        first = await store.get_patient("p")
+        assert await store.get_patient("p") is first  # no copy per read
+        await store.put_many([row("p", "new", reported_at_us=clock.now_us + 1,
+                                  expires_at_us=clock.now_us + US_PER_DAY)])  # fmt: skip
+        assert [r.result_id for r in first["K"]] == ["p-0", "p-1"]  # readers keep their view
+        assert (await store.get_patient("p"))["K"][0].result_id == "new"
+
+    asyncio.run(scenario())
+
+
+def test_codes_are_interned_so_rows_share_one_string() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=10, clock=clock)
+        later = clock.now_us + US_PER_DAY
+        a = row("p", "a", "".join(["L", "AB-1"]), institution_id="".join(["H", "9"]),
+                reported_at_us=1, expires_at_us=later)  # fmt: skip
+        b = row("q", "b", "".join(["LA", "B-1"]), institution_id="".join(["H9"]),
+                reported_at_us=1, expires_at_us=later)  # fmt: skip
+        assert a.result.item_code is not b.result.item_code
+        await store.put_many([a, b])
+        ra = (await store.get_patient("p"))["LAB-1"][0]
+        rb = (await store.get_patient("q"))["LAB-1"][0]
+        assert ra.item_code is rb.item_code
+        assert ra.institution_id is rb.institution_id
+
+    asyncio.run(scenario())

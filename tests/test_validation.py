@@ -1,0 +1,134 @@
+"""Bad Check requests are refused with the field named exactly as the contract lists it."""
+
+from __future__ import annotations
+
+import pytest
+
+from cds.service.convert import order_from_proto
+from cds.service.validation import (
+    FUTURE_SKEW_US,
+    check_shape_error,
+    order_error,
+    result_error,
+)
+from cds.v1 import order_check_pb2
+from tests.support.protos import check_request, item
+
+NOW_US = 1_750_000_000_000_000
+LONG = "x" * 129
+
+
+def request_error(request: order_check_pb2.CheckRequest) -> str | None:
+    """The two steps of the Check handler: counts on the proto, then the converted order."""
+    error = check_shape_error(request)
+    if error is None:
+        error = order_error(order_from_proto(request, NOW_US))
+    return error
+
+
+def test_a_well_formed_request_passes():
+    request = check_request(item("1", "K"), item("2", "NA"), diagnosis_codes=("C34.1",))
+    assert request_error(request) is None
+
+
+def test_strings_of_exactly_128_characters_pass():
+    s = "y" * 128
+    request = check_request(
+        item(s, s, price_item_code=s, sendout_lab_id=s),
+        patient_id=s,
+        institution_id=s,
+        request_id=s,
+        department_id=s,
+        clinician_id=s,
+        diagnosis_codes=(s,),
+    )
+    assert request_error(request) is None
+
+
+def test_one_hundred_items_and_fifty_diagnoses_pass():
+    request = check_request(*(item(str(i), "K") for i in range(100)), diagnosis_codes=("C34",) * 50)
+    assert request_error(request) is None
+
+
+def _without_items() -> order_check_pb2.CheckRequest:
+    request = check_request()
+    del request.items[:]
+    return request
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (check_request(patient_id=""), "patient.patient_id: required"),
+        (check_request(institution_id=""), "institution_id: required"),
+        (_without_items(), "items: "),
+        (check_request(*(item(str(i)) for i in range(101))), "items: at most 100"),
+        (check_request(item("")), "items[0].line_id: required"),
+        (check_request(item("1"), item("2"), item("1")), "items[2].line_id: repeats items[0]"),
+        (check_request(item("1"), item("2", "")), "items[1].item_code: required"),
+        (check_request(diagnosis_codes=("C34",) * 51), "patient.diagnosis_codes: at most 50"),
+        (check_request(patient_id=LONG), "patient.patient_id: longer than 128"),
+        (check_request(institution_id=LONG), "institution_id: longer than 128"),
+        (check_request(request_id=LONG), "request_id: longer than 128"),
+        (check_request(department_id=LONG), "department_id: longer than 128"),
+        (check_request(clinician_id=LONG), "clinician_id: longer than 128"),
+        (check_request(diagnosis_codes=("C34", LONG)), "patient.diagnosis_codes[1]: longer"),
+        (check_request(item(LONG)), "items[0].line_id: longer than 128"),
+        (check_request(item("1"), item("2", LONG)), "items[1].item_code: longer than 128"),
+        (check_request(item("1", price_item_code=LONG)), "items[0].price_item_code: longer"),
+        (check_request(item("1", sendout_lab_id=LONG)), "items[0].sendout_lab_id: longer"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_bad_request_names_the_field(request_, field):
+    error = request_error(request_)
+    assert error is not None
+    assert error.startswith(field)
+
+
+def test_mdt_record_id_longer_than_128_is_refused():
+    request = check_request()
+    request.patient.mdt_record_id = LONG
+    assert request_error(request) == "patient.mdt_record_id: longer than 128 characters"
+
+
+def test_long_strings_are_counted_in_characters_not_bytes():
+    # 128 Chinese characters are 384 UTF-8 bytes and still within the limit.
+    assert request_error(check_request(department_id="科" * 128)) is None
+
+
+def _result_error(**overrides):
+    fields = {
+        "result_id": "R1",
+        "patient_id": "P1",
+        "item_code": "K",
+        "institution_id": "H1",
+        "reported_at_us": NOW_US,
+        "now_us": NOW_US,
+    }
+    fields.update(overrides)
+    return result_error(**fields)
+
+
+@pytest.mark.parametrize("field", ["result_id", "patient_id", "item_code", "institution_id"])
+def test_result_missing_a_required_string_is_refused(field):
+    assert _result_error(**{field: ""}) == f"{field}: required"
+
+
+@pytest.mark.parametrize("field", ["result_id", "patient_id", "item_code", "institution_id"])
+def test_result_with_a_string_over_128_characters_is_refused(field):
+    assert _result_error(**{field: LONG}) == f"{field}: longer than 128 characters"
+
+
+def test_result_without_reported_at_is_refused():
+    assert _result_error(reported_at_us=None) == "reported_at: required"
+
+
+def test_result_reported_up_to_five_minutes_ahead_of_the_clock_is_accepted():
+    assert _result_error(reported_at_us=NOW_US + FUTURE_SKEW_US) is None
+
+
+def test_result_reported_more_than_five_minutes_ahead_of_the_clock_is_refused():
+    error = _result_error(reported_at_us=NOW_US + FUTURE_SKEW_US + 1)
+    assert error is not None
+    assert error.startswith("reported_at: more than 5 minutes")
