@@ -16,6 +16,9 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+# Re-exported: the benchmarks' empty server reads the cap from here to run like cds.
+from cds.config import DEFAULT_MAX_CONCURRENT_RPCS as DEFAULT_MAX_CONCURRENT_RPCS
+
 # A contract-valid PutResults (10,000 results, every string at its 128-character limit)
 # is about 5.4 MB on the wire; 8 MiB admits it and refuses anything much larger before
 # it is parsed. gRPC's own default is 4 MiB, which would refuse a valid batch.
