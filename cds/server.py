@@ -133,7 +133,13 @@ class CdsServer:
         state = CatalogState.load(config.catalog, metrics=metrics)
         store = MemoryResultStore(max_results=config.max_results)
         metrics.results_cached.set_function(store.cached_count)
-        recorder = open_recorder(config.decision_log, config.pseudonym_key, metrics)
+        recorder = open_recorder(
+            config.decision_log,
+            config.pseudonym_key,
+            metrics,
+            max_bytes=config.decision_log_max_bytes,
+            backups=config.decision_log_backups,
+        )
         return cls(
             config,
             state,
@@ -146,8 +152,11 @@ class CdsServer:
 
     def _register(self) -> None:
         m = self.metrics.rpc
-        check = OrderCheck(self.state, self.store, self.memory, self.metrics, self.recorder)
-        feed = ResultFeed(self.state, self.store, self.metrics)
+        cap = self.config.deadline_cap
+        check = OrderCheck(
+            self.state, self.store, self.memory, self.metrics, self.recorder, deadline_cap_s=cap
+        )
+        feed = ResultFeed(self.state, self.store, self.metrics, deadline_cap_s=cap)
         admin = CatalogAdmin(self.state)
         order_check_pb2_grpc.add_OrderCheckServiceServicer_to_server(
             _servicer(
