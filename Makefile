@@ -38,8 +38,11 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Every benchmark in one run (< 10 min on 2 cores) -> benchmarks/results/. See
+# benchmarks/README.md; e.g. make bench BENCH_ARGS="--only engine,empty --profile".
+BENCH_ARGS ?=
 bench: venv proto
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

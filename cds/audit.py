@@ -323,8 +323,12 @@ class DecisionLog:
         reason_codes: Sequence[str],
         catalog_version: str,
         at_us: int,
+        prior_result_ids: Sequence[str] = (),
     ) -> None:
         """Return only once the record is on disk (written, flushed, fsynced).
+
+        The record is self-contained (reasons and prior results of the line included):
+        its decision record may have been dropped under load, feedback never is.
 
         Raises ``OSError`` if it could not be written (the caller must not acknowledge).
         Cancelling the caller (its deadline) while waiting for a queue slot enqueues
@@ -346,6 +350,7 @@ class DecisionLog:
             "department_id": department_id,
             "item_code": item_code,
             "reason_codes": list(reason_codes),
+            "prior_result_ids": list(prior_result_ids),
             "outcome": FeedbackOutcome(outcome).name,
             "override_code": override_code,
             "comment": comment,

@@ -19,8 +19,12 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from cds import security_cli
 from cds.config import (
+    DEFAULT_DEADLINE_CAP_SECONDS,
     DEFAULT_DECISION_LOG,
+    DEFAULT_DECISION_LOG_BACKUPS,
+    DEFAULT_DECISION_LOG_MAX_BYTES,
     DEFAULT_DECISION_TTL_SECONDS,
     DEFAULT_GRACE_SECONDS,
     DEFAULT_LISTEN,
@@ -41,6 +45,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
     return value
 
 
@@ -103,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pseudonym-key",
         help="key file for pseudonymising ids in the log (default: a per-process random key)",
     )
+    _decision_log_rotation_args(serve)
     serve.add_argument(
         "--grace",
         type=_non_negative_float,
@@ -139,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_CONCURRENT_RPCS,
         help="beyond this, calls get RESOURCE_EXHAUSTED at once (default %(default)s)",
     )
+    security.add_argument(
+        "--deadline-cap",
+        type=_positive_float,
+        default=DEFAULT_DEADLINE_CAP_SECONDS,
+        help="seconds a call may wait on the results store or the decision log, whatever "
+        "the client's deadline (default %(default)s)",
+    )
     serve.add_argument("--log-level", default="INFO", help="default %(default)s")
     serve.set_defaults(func=_serve)
 
@@ -173,7 +199,23 @@ def build_parser() -> argparse.ArgumentParser:
     withdraw.add_argument("result_ids", nargs="+", metavar="RESULT_ID")
     _client_args(withdraw)
     withdraw.set_defaults(func=_results_withdraw)
+    security_cli.add_commands(sub)  # cds auth …, cds audit …
     return parser
+
+
+def _decision_log_rotation_args(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--decision-log-max-bytes",
+        type=_positive_int,
+        default=DEFAULT_DECISION_LOG_MAX_BYTES,
+        help="rotate the decision log when it would grow past this (default %(default)s)",
+    )
+    serve.add_argument(
+        "--decision-log-backups",
+        type=_non_negative_int,
+        default=DEFAULT_DECISION_LOG_BACKUPS,
+        help="rotated files kept: PATH.1 (newest) … PATH.N (default %(default)s)",
+    )
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -240,6 +282,9 @@ def _serve(args: argparse.Namespace) -> int:
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         results=args.results,
         workers=args.workers,
+        deadline_cap=args.deadline_cap,
+        decision_log_max_bytes=args.decision_log_max_bytes,
+        decision_log_backups=args.decision_log_backups,
     )
     if config.workers > 1:
         from cds.supervisor import supervise

@@ -15,6 +15,13 @@ DEFAULT_DECISION_TTL_SECONDS = 3600.0
 DEFAULT_MAX_CONCURRENT_RPCS = 1000
 # Relative to the working directory; `make run` keeps it under the git-ignored var/.
 DEFAULT_DECISION_LOG = "var/decisions.jsonl"
+# Rotated at 64 MiB into .1 … .10: ~700 MB of history, about 2 M WARN/BLOCK records.
+DEFAULT_DECISION_LOG_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_DECISION_LOG_BACKUPS = 10
+# The most a call may wait on the results store or the decision log, whatever deadline
+# the client set (or none), so a stalled Redis or disk cannot hold concurrency slots for
+# ever. Generous enough for the largest valid PutResults (10,000 rows) on a busy Redis.
+DEFAULT_DEADLINE_CAP_SECONDS = 5.0
 DEFAULT_WORKERS = 1
 
 
@@ -36,6 +43,9 @@ class ServeConfig:
     auth_tokens: str | None = None
     insecure: bool = False
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+    deadline_cap: float = DEFAULT_DEADLINE_CAP_SECONDS
+    decision_log_max_bytes: int = DEFAULT_DECISION_LOG_MAX_BYTES
+    decision_log_backups: int = DEFAULT_DECISION_LOG_BACKUPS
     # Scale (issue 5): None = the in-process store; else a redis:// URL (cds.results.factory).
     results: str | None = None
     workers: int = DEFAULT_WORKERS

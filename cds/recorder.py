@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 
 from cds.audit import DecisionLog, Pseudonymizer
+from cds.config import DEFAULT_DECISION_LOG_BACKUPS, DEFAULT_DECISION_LOG_MAX_BYTES
 from cds.decisions import DecisionRecorder, FeedbackRecord
 from cds.domain import Evaluation, Order
 from cds.metrics import Metrics
@@ -83,12 +84,17 @@ class AuditRecorder:
             department_id=remembered.department_id,
             item_code=line.item_code,
             reason_codes=[r.code for r in line.reasons],
+            prior_result_ids=[p.result_id for r in line.reasons for p in r.prior_results],
             catalog_version=remembered.catalog_version,
             at_us=record.at_us,
         )
 
     def reload_keys(self, pseudonym_key: str) -> None:
-        self._log.set_pseudonymizer(Pseudonymizer.from_file(pseudonym_key))
+        pseudonymizer = Pseudonymizer.from_file(pseudonym_key)
+        self._log.set_pseudonymizer(pseudonymizer)
+        log.info(
+            "pseudonym keys reloaded: new records are signed with key %s", pseudonymizer.key_id
+        )
 
     async def close(self) -> None:
         await self._log.close()
@@ -99,10 +105,13 @@ def open_recorder(
     pseudonym_key: str | None,
     metrics: Metrics,
     *,
+    max_bytes: int = DEFAULT_DECISION_LOG_MAX_BYTES,
+    backups: int = DEFAULT_DECISION_LOG_BACKUPS,
     pseudonymizer: Pseudonymizer | None = None,
 ) -> DecisionRecorder:
     """The configured recorder, started; raises OSError/ValueError on a bad path or key.
 
+    ``max_bytes``/``backups``: size rotation, ``path`` -> ``path.1`` … ``path.<backups>``.
     ``pseudonymizer`` (used without a key file) lets the workers of one ``cds serve
     --workers N`` share the parent's random key, so their pseudonyms link.
     """
@@ -112,7 +121,11 @@ def open_recorder(
     if pseudonymizer is None or pseudonym_key is not None:
         pseudonymizer = Pseudonymizer.from_config(pseudonym_key)
     decision_log_ = DecisionLog(
-        decision_log, pseudonymizer, on_drop=metrics.decision_log_dropped.inc
+        decision_log,
+        pseudonymizer,
+        max_bytes=max_bytes,
+        backups=backups,
+        on_drop=metrics.decision_log_dropped.inc,
     )
     decision_log_.start()
     log.info("decision log: %s", decision_log)

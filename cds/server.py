@@ -190,6 +190,8 @@ class CdsServer:
             decision_log,
             config.pseudonym_key,
             metrics,
+            max_bytes=config.decision_log_max_bytes,
+            backups=config.decision_log_backups,
             pseudonymizer=role.pseudonymizer if role is not None else None,
         )
         return cls(
@@ -206,8 +208,11 @@ class CdsServer:
 
     def _register(self) -> None:
         m = self.metrics.rpc
-        check = OrderCheck(self.state, self.store, self.memory, self.metrics, self.recorder)
-        feed = ResultFeed(self.state, self.store, self.metrics)
+        cap = self.config.deadline_cap
+        check = OrderCheck(
+            self.state, self.store, self.memory, self.metrics, self.recorder, deadline_cap_s=cap
+        )
+        feed = ResultFeed(self.state, self.store, self.metrics, deadline_cap_s=cap)
         admin = CatalogAdmin(self.state, self.role.reload if self.role is not None else None)
         order_check_pb2_grpc.add_OrderCheckServiceServicer_to_server(
             _servicer(

@@ -16,17 +16,15 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+# Re-exported: the benchmarks' empty server reads the cap from here to run like cds.
+from cds.config import DEFAULT_MAX_CONCURRENT_RPCS as DEFAULT_MAX_CONCURRENT_RPCS
+
 # A contract-valid PutResults (10,000 results, every string at its 128-character limit)
 # is about 5.4 MB on the wire; 8 MiB admits it and refuses anything much larger before
 # it is parsed. gRPC's own default is 4 MiB, which would refuse a valid batch.
 DEFAULT_MAX_RECEIVE_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_SEND_BYTES = 4 * 1024 * 1024
-# Requests queue inside the server beyond this and latency grows without bound; over it
-# grpc.aio answers RESOURCE_EXHAUSTED at once (tested), so the EMR can fail open quickly.
-DEFAULT_MAX_CONCURRENT_RPCS = 1000
-# A Check that has not answered in this long is useless to the order screen, whatever
-# deadline the client asked for (or none): the work is cut and the slot freed.
-DEFAULT_DEADLINE_CAP_S = 2.0
+# The concurrency limit and the deadline cap are `cds serve` settings: cds.config.
 # Headers (incl. the bearer token) above this are refused by the transport.
 DEFAULT_MAX_METADATA_BYTES = 16 * 1024
 
@@ -141,8 +139,8 @@ def server_options(
 ) -> list[tuple[str, int]]:
     """Channel arguments for ``grpc.aio.server(options=...)``.
 
-    ``maximum_concurrent_rpcs`` is not a channel argument: pass
-    ``DEFAULT_MAX_CONCURRENT_RPCS`` as ``grpc.aio.server(maximum_concurrent_rpcs=...)``.
+    ``maximum_concurrent_rpcs`` is not a channel argument: it is passed as
+    ``grpc.aio.server(maximum_concurrent_rpcs=...)`` (``--max-concurrent-rpcs``).
     """
     return [
         ("grpc.max_receive_message_length", max_receive_message_bytes),
@@ -167,9 +165,12 @@ def deadline_cap(context: grpc.aio.ServicerContext, cap_s: float) -> asyncio.Tim
 
     gRPC enforces the client's own deadline only by cancelling the call when it expires;
     it has no server-side maximum. This bounds the handler's work by
-    ``min(client deadline, cap)``; on expiry ``TimeoutError`` is raised, which the
-    service maps to ``DEADLINE_EXCEEDED`` (or answers degraded, for Check). Use it around
-    awaits that can stall (the results store), not around pure CPU work, which a timeout
-    cannot interrupt anyway.
+    ``min(client deadline, cap)``; on expiry ``TimeoutError`` is raised (and
+    ``.expired()`` on the returned object tells the cap from a store's own timeout).
+    The service wraps the feed's store writes (``DEADLINE_EXCEEDED``) and feedback's
+    wait for the decision log (``UNAVAILABLE``, retry). Not ``Check``: its one await is
+    the store read, which the store bounds itself far tighter (the Redis read timeout),
+    so a timer per call on the hot path would buy nothing. Not pure CPU work either,
+    which a timeout cannot interrupt anyway.
     """
     return asyncio.timeout(capped_timeout(context.time_remaining(), cap_s))

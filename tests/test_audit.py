@@ -101,6 +101,7 @@ def feedback_kwargs(**over: object) -> dict:
         "department_id": "ONC",
         "item_code": "K",
         "reason_codes": ["RECOGNIZABLE_RESULT_EXISTS"],
+        "prior_result_ids": ["LIS-88"],
         "catalog_version": "2025.06",
         "at_us": AT_US,
     }
@@ -280,6 +281,7 @@ def test_feedback_is_on_disk_when_the_await_returns(tmp_path: Path, keyfile: Pat
             "department_id": "ONC",
             "item_code": "K",
             "reason_codes": ["RECOGNIZABLE_RESULT_EXISTS"],
+            "prior_result_ids": ["LIS-88"],
             "outcome": "OVERRIDDEN",
             "override_code": "CONDITION_CHANGED",
             "comment": "fever since yesterday",

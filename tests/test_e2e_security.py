@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import subprocess
 
 import grpc
@@ -44,25 +46,60 @@ def _check(server, token=None):
     return stub.Check(check_request(), timeout=5, metadata=metadata)
 
 
-def test_a_non_loopback_listen_without_tls_and_tokens_is_refused_at_start():
-    done = subprocess.run(
+def serve_briefly(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         cds_command(
             "serve",
             "--catalog",
             str(TEST_CATALOG),
-            "--listen",
-            "0.0.0.0:0",
             "--metrics-listen",
             "127.0.0.1:0",
             "--no-decision-log",
+            *args,
         ),
         capture_output=True,
         text=True,
         env=server_env(),
         timeout=60,
     )
+
+
+def test_a_non_loopback_listen_without_tls_and_tokens_is_refused_at_start():
+    done = serve_briefly("--listen", "0.0.0.0:0")
     assert done.returncode == 1
-    assert "refusing to listen on 0.0.0.0:0" in done.stderr
+    assert "refusing to listen on 0.0.0.0:0 without TLS" in done.stderr
+    assert "and authentication (--auth-tokens)" in done.stderr
+    assert "--insecure" in done.stderr  # the way out is named, as is the risk
+
+
+def test_tokens_without_tls_are_still_refused_off_loopback(tmp_path):
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({"tokens": [token_entry("emr-1", "emr", EMR_TOKEN)]}))
+    done = serve_briefly("--listen", "[::]:0", "--auth-tokens", str(tokens))
+    assert done.returncode == 1
+    assert "without TLS (--tls-cert/--tls-key):" in done.stderr
+
+
+def _a_name_for_loopback_only() -> str:
+    """A host name (not "localhost") that resolves to loopback addresses only: protected
+    mode treats any name as reachable, while the test still binds nothing outside."""
+    for name in (socket.gethostname(), "localhost.localdomain", "ip6-localhost"):
+        try:
+            infos = socket.getaddrinfo(name, 0, proto=socket.IPPROTO_TCP)
+        except OSError:
+            continue
+        if infos and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos):
+            return name
+    pytest.skip("no host name here resolves to loopback only")
+
+
+def test_insecure_lets_a_non_loopback_listen_start_with_a_warning(tmp_path):
+    name = _a_name_for_loopback_only()
+    with running_server(tmp_path, extra_args=["--listen", f"{name}:0", "--insecure"]) as s:
+        assert s.health_status() == health_pb2.HealthCheckResponse.SERVING
+        assert _check(s).decision == types_pb2.DECISION_ALLOW
+    log = s.log_text()
+    assert f"WARNING cds.server: --insecure: listening on {name}:0 without TLS" in log
 
 
 def test_check_needs_a_token(server):

@@ -14,7 +14,12 @@ from redis.crc import key_slot
 from cds.domain import US_PER_DAY, US_PER_SECOND, StoredResult
 from cds.results import RedisResultStore, ResultsUnavailable
 from cds.results.redis_store import _pack
-from tests.support.redis_server import RedisServer, redis_server_fixture  # noqa: F401
+from tests.support.redis_server import (  # noqa: F401  (fixtures)
+    RedisCluster,
+    RedisServer,
+    redis_cluster_fixture,
+    redis_server_fixture,
+)
 from tests.support.stores import FakeClock, eventually, row
 
 pytestmark = pytest.mark.redis
@@ -31,7 +36,7 @@ def run(
         clock = FakeClock()
         options.setdefault("maintenance_interval_s", 0.02)
         stores = [RedisResultStore(server.url, clock=clock, **options) for _ in range(n)]
-        raw = Redis.from_url(server.url)
+        raw = Redis.from_url(server.url.replace("redis+cluster://", "redis://"))
         try:
             for store in stores:
                 assert await store.start(), "invalidation subscription not confirmed"
@@ -250,3 +255,31 @@ def test_near_cache_is_bypassed_while_the_subscription_is_down(redis_server):
         await eventually(sees_r2, timeout_s=2.0)
 
     run(redis_server, scenario, near_cache_ttl_s=60.0)
+
+
+def test_on_a_cluster_patients_spread_over_slots_and_invalidations_still_flow(redis_cluster):
+    async def scenario(raw: Redis, clock: FakeClock, a: RedisResultStore, b: RedisResultStore):
+        later = clock.now_us + US_PER_DAY
+        patients = [f"p{i}" for i in range(200)]
+        assert len({key_slot(f"cds:r:{{{p}}}".encode()) for p in patients}) > 100
+        assert dict(await b.get_patient("p7")) == {}  # cached by b
+        await a.put_many(
+            [
+                row(p, f"{p}-{n}", reported_at_us=n, expires_at_us=later)
+                for p in patients
+                for n in (1, 2)
+            ]
+        )
+
+        async def b_sees_p7():
+            return ids(await b.get_patient("p7")) == {"K": ["p7-2", "p7-1"]}
+
+        await eventually(b_sees_p7, timeout_s=2.0)
+        assert await a.withdraw_many([(p, f"{p}-1") for p in patients]) == 200
+
+        async def b_sees_withdrawal():
+            return ids(await b.get_patient("p7")) == {"K": ["p7-2"]}
+
+        await eventually(b_sees_withdrawal, timeout_s=2.0)
+
+    run(redis_cluster, scenario, n=2, near_cache_ttl_s=60.0, connect_timeout_s=0.5)

@@ -17,10 +17,13 @@ Row expiries are stored to the second, rounded up: a row may outlive its
 ``expires_at_us`` by under a second, which the ``StoredRow`` contract allows.
 
 Writes. ``put_many`` sends each chunk (``chunk_rows``, default 1,000) as one
-pipeline: one ``EVALSHA`` per patient (prune expired fields, ``HSET``, extend TTL;
-atomic per patient) plus the invalidation ``PUBLISH``. It returns only after Redis
-has replied to every command: an acknowledged write is in Redis. Any error raises
-``ResultsUnavailable`` and the feed retries; replays are idempotent.
+pipeline: one ``EVALSHA`` per group of up to 64 patients (per hash slot on Cluster)
+that, atomically per patient, prunes expired fields, ``HSET``s and extends the TTL;
+then the invalidation ``PUBLISH``. Grouping patients matters: redis-py packs commands
+in Python, so fewer, larger commands cost less client CPU; the cap keeps one script
+from blocking Redis (and everyone's checks) for long. ``put_many`` returns only after
+Redis has replied to every command: an acknowledged write is in Redis. Any error
+raises ``ResultsUnavailable`` and the feed retries; replays are idempotent.
 
 Near-cache and its guarantee. Each store instance keeps a small bounded TTL cache of
 decoded patients (``near_cache_size`` patients, ``near_cache_ttl_s``) so a patient's
@@ -53,9 +56,11 @@ store recovers by itself when Redis returns.
 (incremented by writes, decremented for replaced and withdrawn rows), refreshed in the
 background every ``count_refresh_s``; rows count until the end of their expiry day (UTC).
 
-Cluster. ``redis+cluster://host:port`` (or ``cluster=True``) uses
-``redis.asyncio.cluster.RedisCluster``; every key a script touches is one patient's
-key, and the counter hash and invalidation channel are separate single keys.
+Cluster. ``redis+cluster://host:port`` (any node; or ``cluster=True``) uses
+``redis.asyncio.cluster.RedisCluster``: script calls group patients by hash slot, the
+counter hash is one ordinary key, and the ``PUBLISH`` is sent after the pipeline
+(whose per-node parts run in parallel) so it still follows the writes. Classic pub/sub
+reaches subscribers on every node.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
@@ -90,41 +96,61 @@ _S_PER_DAY = 86_400
 _HEADER = struct.Struct("<IqH")
 _MARK_BIT = 0x8000
 
-# Drop the key's expired fields, upsert the given ones, extend the key's TTL.
-# KEYS[1] patient hash; ARGV[1] now (s); ARGV[2] key expire-at (s); ARGV[3] n pairs;
-# then n field/value pairs; then fields to delete (upserts that are already expired).
-# Returns the previous values of the set and deleted fields (nil where absent).
+# Several patients per call (one hash slot's worth on Cluster, at most
+# ``_PATIENTS_PER_SCRIPT``: one call blocks Redis, so it stays well under a millisecond).
+# For each patient KEYS[k]: drop its expired fields, upsert the given ones, extend the
+# key's TTL. ARGV[1] now (s); then per key: expire-at (s), n pairs, n deletes, the
+# field/value pairs, the fields to delete (upserts that are already expired).
+# Returns, per key, the previous values of the set and deleted fields (nil where absent).
 _PUT_LUA = """
-local key = KEYS[1]
 local now = tonumber(ARGV[1])
-local last = 3 + 2 * tonumber(ARGV[3])
-local current = redis.call('HGETALL', key)
-local old_by_field = {}
-local dead = {}
-for i = 1, #current, 2 do
-  old_by_field[current[i]] = current[i + 1]
-  if struct.unpack('<I4', current[i + 1]) <= now then dead[#dead + 1] = current[i] end
+local pos = 2
+local out = {}
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local expire_at = ARGV[pos]
+  local set_from = pos + 3
+  local set_to = set_from + 2 * tonumber(ARGV[pos + 1]) - 1
+  local del_to = set_to + tonumber(ARGV[pos + 2])
+  pos = del_to + 1
+  local current = redis.call('HGETALL', key)
+  local old_by_field = {}
+  local dead = {}
+  for i = 1, #current, 2 do
+    old_by_field[current[i]] = current[i + 1]
+    if struct.unpack('<I4', current[i + 1]) <= now then dead[#dead + 1] = current[i] end
+  end
+  local old = {}
+  for i = set_from, set_to, 2 do old[#old + 1] = old_by_field[ARGV[i]] or false end
+  for i = set_to + 1, del_to do old[#old + 1] = old_by_field[ARGV[i]] or false end
+  if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
+  if del_to > set_to then redis.call('HDEL', key, unpack(ARGV, set_to + 1, del_to)) end
+  if set_to > set_from then
+    redis.call('HSET', key, unpack(ARGV, set_from, set_to))
+    redis.call('EXPIREAT', key, expire_at, 'NX')
+    redis.call('EXPIREAT', key, expire_at, 'GT')
+  end
+  out[k] = old
 end
-local old = {}
-for i = 4, last, 2 do old[#old + 1] = old_by_field[ARGV[i]] or false end
-for i = last + 1, #ARGV do old[#old + 1] = old_by_field[ARGV[i]] or false end
-if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
-if #ARGV > last then redis.call('HDEL', key, unpack(ARGV, last + 1)) end
-if last > 3 then
-  redis.call('HSET', key, unpack(ARGV, 4, last))
-  redis.call('EXPIREAT', key, ARGV[2], 'NX')
-  redis.call('EXPIREAT', key, ARGV[2], 'GT')
-end
-return old
+return out
 """
 
-# KEYS[1] patient hash; ARGV result ids. Returns their previous values (nil where absent).
+# Per patient KEYS[k]: ARGV holds n, then n result ids. Returns, per key, their previous
+# values (nil where absent).
 _WITHDRAW_LUA = """
-local old = redis.call('HMGET', KEYS[1], unpack(ARGV))
-redis.call('HDEL', KEYS[1], unpack(ARGV))
-return old
+local pos = 1
+local out = {}
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[pos])
+  local ids = {unpack(ARGV, pos + 1, pos + n)}
+  pos = pos + n + 1
+  out[k] = redis.call('HMGET', KEYS[k], unpack(ids))
+  redis.call('HDEL', KEYS[k], unpack(ids))
+end
+return out
 """
 
+_PATIENTS_PER_SCRIPT = 64
 _CLUSTER_SCHEME = "redis+cluster://"
 _NEVER = 1 << 62
 
@@ -308,7 +334,15 @@ class RedisResultStore:
     async def _follow_invalidations(self) -> None:
         backoff = 0.05
         while not self._closed:
-            pubsub = self._writer.pubsub()
+            try:
+                if self._cluster:
+                    await self._writer.initialize()  # its pubsub needs the slot map
+                pubsub = self._writer.pubsub()
+            except Exception as exc:
+                log.warning("results invalidation subscription failed: %s", type(exc).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
             try:
                 await pubsub.subscribe(self._channel)
                 while not self._closed:
@@ -339,9 +373,9 @@ class RedisResultStore:
             if self._to_prune:
                 patients, self._to_prune = self._to_prune, set()
                 with contextlib.suppress(RedisError, OSError, ResultsUnavailable):
-                    await self._run_scripts(
-                        [(self._key(p), self._put_args([], [], 0)) for p in patients], "put"
-                    )
+                    keys = [self._key(p) for p in patients]
+                    head = [int(self._clock())]
+                    await self._run_scripts("put", keys, [[0, 0, 0]] * len(keys), head)
             if time.monotonic() >= next_count:
                 with contextlib.suppress(RedisError, OSError):
                     await self._refresh_count()
@@ -362,24 +396,47 @@ class RedisResultStore:
         self._put_sha = await self._writer.script_load(_PUT_LUA)
         self._withdraw_sha = await self._writer.script_load(_WITHDRAW_LUA)
 
-    def _put_args(self, pairs: list[Any], deletes: list[str], expire_at_s: int) -> list[Any]:
-        now_s = int(self._clock())
-        return [now_s, expire_at_s, len(pairs) // 2, *pairs, *deletes]
+    def _groups(self, keys: list[str]) -> list[list[int]]:
+        """Indexes of ``keys`` per script call: one hash slot each on Cluster, bounded size."""
+        if self._cluster:
+            by_slot: dict[int, list[int]] = {}
+            for i, key in enumerate(keys):
+                by_slot.setdefault(key_slot(key.encode()), []).append(i)
+            slots = list(by_slot.values())
+        else:
+            slots = [list(range(len(keys)))]
+        return [
+            slot[start : start + _PATIENTS_PER_SCRIPT]
+            for slot in slots
+            for start in range(0, len(slot), _PATIENTS_PER_SCRIPT)
+        ]
 
     async def _run_scripts(
-        self, calls: list[tuple[str, list[Any]]], script: str, publish: list[str] | None = None
-    ) -> list[Any]:
-        """One pipeline of EVALSHA calls (plus the invalidation) in one round trip.
+        self,
+        script: str,
+        keys: list[str],
+        args: list[list[Any]],
+        head: list[Any],
+        publish: list[str] | None = None,
+    ) -> list[list[Any]]:
+        """Run a script over many patients in one pipeline (one round trip); per-key replies.
 
-        Reloads the scripts once if Redis lost them (a restart empties its script cache).
+        ``args[i]`` are key ``i``'s arguments, ``head`` goes first in every call. Reloads
+        the scripts once if Redis lost them (a restart empties its script cache).
         """
+        groups = self._groups(keys)
         for attempt in (1, 2):
             if not self._put_sha:
                 await self._load_scripts()
             sha = self._put_sha if script == "put" else self._withdraw_sha
             pipe = self._writer.pipeline(transaction=False)
-            for key, args in calls:
-                pipe.evalsha(sha, 1, key, *args)
+            for group in groups:
+                argv = list(head)
+                for i in group:
+                    argv += args[i]
+                # execute_command: redis-py blocks the evalsha() helper on cluster pipelines,
+                # but routes a raw EVALSHA by its keys (all in one slot here).
+                pipe.execute_command("EVALSHA", sha, len(group), *[keys[i] for i in group], *argv)
             if publish and not self._cluster:
                 pipe.publish(self._channel, orjson.dumps(publish))
             replies = await pipe.execute(raise_on_error=False)
@@ -392,7 +449,11 @@ class RedisResultStore:
             if publish and self._cluster:
                 # cluster pipelines run per node in parallel: publish once all are applied
                 await self._writer.publish(self._channel, orjson.dumps(publish))
-            return replies[: len(calls)]
+            per_key: list[list[Any]] = [[] for _ in keys]
+            for group, reply in zip(groups, replies, strict=False):
+                for i, old_values in zip(group, reply, strict=True):
+                    per_key[i] = old_values
+            return per_key
         raise AssertionError("unreachable")
 
     async def _adjust_counts(self, deltas: dict[int, int]) -> None:
@@ -452,12 +513,15 @@ class RedisResultStore:
             entry[2][0] = max(entry[2][0], expires_s)
             day = expires_s // _S_PER_DAY
             added[day] = added.get(day, 0) + 1
-        calls = [
-            (self._key(p), self._put_args(pairs, deletes, expire_at[0]))
-            for p, (pairs, deletes, expire_at) in by_patient.items()
+        keys = [self._key(p) for p in by_patient]
+        args = [
+            [expire_at[0], len(pairs) // 2, len(deletes), *pairs, *deletes]
+            for pairs, deletes, expire_at in by_patient.values()
         ]
         try:
-            replies = await self._run_scripts(calls, "put", publish=list(by_patient))
+            replies = await self._run_scripts(
+                "put", keys, args, [now_us // _US_PER_S], publish=list(by_patient)
+            )
         except (RedisError, OSError) as exc:
             raise ResultsUnavailable(f"redis write failed: {type(exc).__name__}") from exc
         finally:
@@ -476,9 +540,12 @@ class RedisResultStore:
             by_patient: dict[str, list[str]] = {}
             for patient_id, result_id in chunk:
                 by_patient.setdefault(patient_id, []).append(result_id)
-            calls = [(self._key(p), ids) for p, ids in by_patient.items()]
+            keys = [self._key(p) for p in by_patient]
+            args = [[len(ids), *ids] for ids in by_patient.values()]
             try:
-                replies = await self._run_scripts(calls, "withdraw", publish=list(by_patient))
+                replies = await self._run_scripts(
+                    "withdraw", keys, args, [], publish=list(by_patient)
+                )
             except (RedisError, OSError) as exc:
                 raise ResultsUnavailable(f"redis write failed: {type(exc).__name__}") from exc
             finally:

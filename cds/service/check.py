@@ -14,6 +14,7 @@ import time
 
 import grpc
 
+from cds.config import DEFAULT_DEADLINE_CAP_SECONDS
 from cds.decisions import (
     DecisionIds,
     DecisionMemory,
@@ -30,6 +31,7 @@ from cds.service.convert import ResponseBuilder, order_from_proto
 from cds.service.rpc import RpcFailure, invalid_argument
 from cds.service.validation import MAX_STRING, check_shape_error, order_error
 from cds.state import CatalogState
+from cds.tls import deadline_cap
 from cds.v1 import order_check_pb2
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,11 @@ class OrderCheck:
         metrics: Metrics,
         recorder: DecisionRecorder,
         ids: DecisionIds | None = None,
+        *,
+        deadline_cap_s: float = DEFAULT_DEADLINE_CAP_SECONDS,
     ) -> None:
         self._state = state
+        self._cap_s = deadline_cap_s  # feedback's wait for the decision log, not Check
         self._store = store
         self._memory = memory
         self._recorder = recorder
@@ -169,7 +174,8 @@ class OrderCheck:
             line,
         )
         try:
-            await self._recorder.feedback(record)
+            async with deadline_cap(context, self._cap_s):
+                await self._recorder.feedback(record)
         except Exception as e:
             log.warning("feedback not recorded: %s: %s", type(e).__name__, e)
             self._memory.forget_recorded(decision_id, line_id)

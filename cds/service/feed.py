@@ -8,25 +8,37 @@ feed gets ``UNAVAILABLE`` and retries; nothing is acknowledged that was not stor
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
 
+from cds.config import DEFAULT_DEADLINE_CAP_SECONDS
 from cds.metrics import Metrics
 from cds.results.base import ResultStore, ResultsUnavailable
 from cds.service.convert import refs_from_withdraw, rows_from_results
 from cds.service.rpc import RpcFailure, invalid_argument
 from cds.service.validation import MAX_RESULTS, MAX_WITHDRAWALS
 from cds.state import CatalogState
+from cds.tls import deadline_cap
 from cds.v1 import result_feed_pb2
 
 _UNAVAILABLE = "results store unavailable; retry the batch"
+_CAPPED = "the results store did not answer within the server's deadline cap; retry the batch"
 
 
 class ResultFeed:
-    def __init__(self, state: CatalogState, store: ResultStore, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        state: CatalogState,
+        store: ResultStore,
+        metrics: Metrics,
+        *,
+        deadline_cap_s: float = DEFAULT_DEADLINE_CAP_SECONDS,
+    ) -> None:
         self._state = state
         self._store = store
+        self._cap_s = deadline_cap_s
         self._ingested = metrics.results_ingested
         self._rejected = metrics.results_rejected
 
@@ -41,10 +53,12 @@ class ResultFeed:
             request.results, time.time_ns() // 1000, snapshot.retention_us
         )
         if rows:
+            cap = deadline_cap(context, self._cap_s)
             try:
-                await self._store.put_many(rows)
+                async with cap:
+                    await self._store.put_many(rows)
             except (ResultsUnavailable, TimeoutError) as e:
-                raise RpcFailure(grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE) from e
+                raise _store_failure(cap) from e
             self._ingested.inc(len(rows))
         if rejected:
             self._rejected.inc(rejected)
@@ -63,8 +77,17 @@ class ResultFeed:
         refs = refs_from_withdraw(request)
         withdrawn = 0
         if refs:
+            cap = deadline_cap(context, self._cap_s)
             try:
-                withdrawn = await self._store.withdraw_many(refs)
+                async with cap:
+                    withdrawn = await self._store.withdraw_many(refs)
             except (ResultsUnavailable, TimeoutError) as e:
-                raise RpcFailure(grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE) from e
+                raise _store_failure(cap) from e
         return result_feed_pb2.WithdrawResultsResponse(withdrawn=withdrawn)
+
+
+def _store_failure(cap: asyncio.Timeout) -> RpcFailure:
+    # Both mean "retry"; the code tells the operator which limit was hit.
+    if cap.expired():
+        return RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, _CAPPED)
+    return RpcFailure(grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE)

@@ -71,6 +71,7 @@ class RunningServer:
     log_path: Path
     channel: grpc.Channel
     stopped: bool = field(default=False)
+    killed: bool = field(default=False)
 
     @property
     def check(self) -> order_check_pb2_grpc.OrderCheckServiceStub:
@@ -108,6 +109,14 @@ class RunningServer:
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 10.0) -> None:
+        """Until ``text`` has appeared ``count`` times in the log (e.g. a SIGHUP's outcome)."""
+        deadline = time.monotonic() + timeout
+        while self.log_text().count(text) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} x{count} not logged:\n{self.log_text()}")
+            time.sleep(0.02)
+
     def write_catalog(self, catalog: dict[str, Any] | Path) -> None:
         """Replace the file the server reloads from (atomically, as an admin would)."""
         tmp = self.catalog_path.with_suffix(".tmp")
@@ -116,6 +125,13 @@ class RunningServer:
 
     def signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)
+
+    def kill9(self) -> None:
+        """SIGKILL, as a crash would: no drain, no close, no flush by the server."""
+        self.killed = self.stopped = True
+        self.channel.close()
+        self.process.kill()
+        self.process.wait(timeout=STOP_TIMEOUT_S)
 
     def stop(self) -> int:
         """SIGTERM and wait; returns the exit code."""
@@ -133,7 +149,10 @@ def running_server(
     workdir: Path,
     catalog: dict[str, Any] | Path = TEST_CATALOG,
     extra_args: Sequence[str] = (),
+    channel_credentials: grpc.ChannelCredentials | None = None,
 ) -> Iterator[RunningServer]:
+    """``channel_credentials``: for a TLS server, what ``server.channel`` (and the start-up
+    health probe) connect with; the server certificate must be valid for 127.0.0.1."""
     workdir.mkdir(parents=True, exist_ok=True)
     catalog_path = write_catalog(workdir / "catalog.json", catalog)
     log_path = workdir / "server.log"
@@ -157,7 +176,11 @@ def running_server(
         match = _wait_ready(process, log_path)
         address = f"{match.group(1)}:{match.group(2)}"
         metrics_url = f"http://{match.group(3)}:{match.group(4)}/metrics"
-        channel = grpc.insecure_channel(address)
+        channel = (
+            grpc.insecure_channel(address)
+            if channel_credentials is None
+            else grpc.secure_channel(address, channel_credentials)
+        )
         server = RunningServer(process, address, metrics_url, catalog_path, log_path, channel)
         status = server.health_status()
         assert status == health_pb2.HealthCheckResponse.SERVING, status
@@ -169,7 +192,7 @@ def running_server(
         yield server
     finally:
         code = server.stop()
-    assert code == 0, f"server exited {code}:\n{server.log_text()}"
+    assert code == 0 or server.killed, f"server exited {code}:\n{server.log_text()}"
 
 
 def _wait_ready(process: subprocess.Popen[bytes], log_path: Path) -> re.Match[str]:

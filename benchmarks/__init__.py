@@ -1,0 +1,1 @@
+"""Load, memory, ingest, reload and engine benchmarks for cds (issue 4); `make bench` runs them."""
