@@ -32,6 +32,7 @@ from cds.config import (
     DEFAULT_MAX_DECISIONS,
     DEFAULT_MAX_RESULTS,
     DEFAULT_METRICS_LISTEN,
+    DEFAULT_WORKERS,
     ServeConfig,
 )
 
@@ -89,6 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=DEFAULT_MAX_RESULTS,
         help="results kept in memory; least recently used patients go first (default %(default)s)",
+    )
+    serve.add_argument(
+        "--results",
+        metavar="URL",
+        help="shared results store: redis://HOST:PORT/DB (or rediss://, unix://, "
+        "redis+cluster://HOST:PORT); default the in-process store",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=DEFAULT_WORKERS,
+        help="processes serving the one --listen port (SO_REUSEPORT); more than 1 "
+        "needs --results (default %(default)s)",
     )
     log_flags = serve.add_mutually_exclusive_group()
     log_flags.add_argument(
@@ -228,12 +242,27 @@ def _serve(args: argparse.Namespace) -> int:
     if args.tls_client_ca is not None and args.tls_cert is None:
         print("cds serve: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
         return 2
+    if args.workers > 1 and args.results is None:
+        print(
+            f"cds serve: --workers {args.workers} needs a shared results store "
+            "(--results redis://HOST:PORT/DB): with the in-process store a result would "
+            "land in one worker only and the others would not see it",
+            file=sys.stderr,
+        )
+        return 2
+    if args.results is not None:
+        from cds.results.factory import check_results_url
+
+        try:
+            check_results_url(args.results)
+        except ValueError as e:
+            print(f"cds serve: {e}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from cds.server import run
 
     config = ServeConfig(
         catalog=args.catalog,
@@ -251,10 +280,18 @@ def _serve(args: argparse.Namespace) -> int:
         auth_tokens=args.auth_tokens,
         insecure=args.insecure,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        results=args.results,
+        workers=args.workers,
         deadline_cap=args.deadline_cap,
         decision_log_max_bytes=args.decision_log_max_bytes,
         decision_log_backups=args.decision_log_backups,
     )
+    if config.workers > 1:
+        from cds.supervisor import supervise
+
+        return asyncio.run(supervise(config))
+    from cds.server import run
+
     return asyncio.run(run(config))
 
 

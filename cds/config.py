@@ -22,6 +22,7 @@ DEFAULT_DECISION_LOG_BACKUPS = 10
 # the client set (or none), so a stalled Redis or disk cannot hold concurrency slots for
 # ever. Generous enough for the largest valid PutResults (10,000 rows) on a busy Redis.
 DEFAULT_DEADLINE_CAP_SECONDS = 5.0
+DEFAULT_WORKERS = 1
 
 
 @dataclass(frozen=True)
@@ -45,3 +46,6 @@ class ServeConfig:
     deadline_cap: float = DEFAULT_DEADLINE_CAP_SECONDS
     decision_log_max_bytes: int = DEFAULT_DECISION_LOG_MAX_BYTES
     decision_log_backups: int = DEFAULT_DECISION_LOG_BACKUPS
+    # Scale (issue 5): None = the in-process store; else a redis:// URL (cds.results.factory).
+    results: str | None = None
+    workers: int = DEFAULT_WORKERS

@@ -91,6 +91,17 @@ class DecisionMemory:
     def recall(self, decision_id: str) -> Remembered | None:
         return self._decisions.get(decision_id)
 
+    async def start(self) -> None:
+        """Nothing to start here; a shared memory starts its writer."""
+
+    async def close(self) -> None:
+        """Nothing to flush here; a shared memory writes what is still queued."""
+
+    async def lookup(self, decision_id: str) -> Remembered | None:
+        """What feedback uses: here :meth:`recall`; a shared memory also asks Redis
+        (cds.shared_decisions) and may raise ``ResultsUnavailable``."""
+        return self._decisions.get(decision_id)
+
     def __len__(self) -> int:
         return len(self._decisions)
 

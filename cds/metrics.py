@@ -8,6 +8,12 @@ clinician or free-text value can ever become a label.
 
 A :class:`Metrics` owns its own registry rather than the process-global one, so
 several servers (or a test) in one process do not collide.
+
+With ``cds serve --workers N`` every worker writes its metrics to files in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client multiprocess mode) and the parent
+serves their sum. Counters and histograms simply add up; each gauge says how its
+per-worker values combine (``multiprocess_mode``), and callback gauges cannot cross
+processes, so the worker sets ``cds_results_cached`` on a timer instead.
 """
 
 from __future__ import annotations
@@ -89,13 +95,19 @@ class RpcMetrics:
 class Metrics:
     """The service's metrics, registered in a registry of their own."""
 
-    def __init__(self, cached_count: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self, cached_count: Callable[[], int] | None = None, *, multiprocess: bool = False
+    ) -> None:
         # The *_created series double every counter in each scrape and no dashboard of
         # ours reads them (process-wide switch; the server owns its process).
         disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
+        self.multiprocess = multiprocess
+        if not multiprocess:
+            # Per-process collectors read this process only; a worker's would be lost
+            # (the parent serves the files), so they exist in single-process mode only.
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
         r = self.registry
         rpc_labels = ("grpc_type", "grpc_service", "grpc_method")
         self.grpc_started = Counter(
@@ -158,6 +170,9 @@ class Metrics:
             "cds_results_cached",
             "Results currently held by the results store.",
             registry=r,
+            # Workers share one (Redis) store and each reports its count: the latest
+            # report of a live worker, not a sum.
+            multiprocess_mode="livemostrecent",
         )
         if cached_count is not None:
             self.results_cached.set_function(cached_count)
@@ -185,6 +200,8 @@ class Metrics:
             "cds_catalog_loaded_timestamp_seconds",
             "When the active catalogue was activated (Unix time).",
             registry=r,
+            # Across workers, the oldest activation: a worker that missed a reload shows.
+            multiprocess_mode="livemin",
         )
 
     def rpc(self, service: str, method: str) -> RpcMetrics:

@@ -107,15 +107,19 @@ def open_recorder(
     *,
     max_bytes: int = DEFAULT_DECISION_LOG_MAX_BYTES,
     backups: int = DEFAULT_DECISION_LOG_BACKUPS,
+    pseudonymizer: Pseudonymizer | None = None,
 ) -> DecisionRecorder:
     """The configured recorder, started; raises OSError/ValueError on a bad path or key.
 
     ``max_bytes``/``backups``: size rotation, ``path`` -> ``path.1`` … ``path.<backups>``.
+    ``pseudonymizer`` (used without a key file) lets the workers of one ``cds serve
+    --workers N`` share the parent's random key, so their pseudonyms link.
     """
     if decision_log is None:
         log.warning("decision log disabled: decisions and feedback are not recorded")
         return NoRecorder()
-    pseudonymizer = Pseudonymizer.from_config(pseudonym_key)
+    if pseudonymizer is None or pseudonym_key is not None:
+        pseudonymizer = Pseudonymizer.from_config(pseudonym_key)
     decision_log_ = DecisionLog(
         decision_log,
         pseudonymizer,

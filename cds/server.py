@@ -14,26 +14,29 @@ import contextlib
 import logging
 import signal
 import sys
+from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from cds.audit import Pseudonymizer
 from cds.auth import Authenticator, AuthInterceptor
+from cds.catalog import parse_catalog
 from cds.config import ServeConfig
 from cds.decisions import DecisionMemory, DecisionRecorder
 from cds.metrics import Metrics
 from cds.recorder import open_recorder
 from cds.results.base import ResultStore
-from cds.results.memory import MemoryResultStore
-from cds.service.admin import CatalogAdmin
+from cds.results.factory import open_store
+from cds.service.admin import CatalogAdmin, Reloader
 from cds.service.check import OrderCheck
 from cds.service.feed import ResultFeed
 from cds.service.rpc import Handler, instrumented
-from cds.state import CatalogRefused, CatalogState
+from cds.state import CatalogRefused, CatalogState, build
 from cds.tls import (
     check_listen_policy,
     check_metrics_listen,
@@ -65,6 +68,40 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+# How often a worker of several publishes the store's count (a callback gauge cannot
+# cross processes; a mmap write a second costs nothing).
+RESULTS_COUNT_INTERVAL_S = 1.0
+
+
+class WorkerRole(NamedTuple):
+    """How one worker of ``cds serve --workers N`` differs from a lone server (cds.worker).
+
+    The parent read the catalogue file once and hands every worker the same bytes;
+    it also hands out one pseudonym key (without a key file) so pseudonyms link across
+    workers, and a ``reload`` that has the parent reload every worker.
+    """
+
+    index: int
+    catalog_content: bytes
+    pseudonymizer: Pseudonymizer | None
+    reload: Reloader
+
+
+def worker_log_path(path: str, index: int) -> str:
+    """``var/decisions.jsonl`` -> ``var/decisions.w0.jsonl``: rotation is per writer."""
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}.w{index}{p.suffix}"))
+
+
+def open_memory(config: ServeConfig) -> DecisionMemory:
+    """Shared through Redis when results are (several workers/replicas), else local."""
+    if config.results is None:
+        return DecisionMemory(config.max_decisions, config.decision_ttl)
+    from cds.shared_decisions import SharedDecisionMemory
+
+    return SharedDecisionMemory(config.results, config.max_decisions, config.decision_ttl)
+
+
 def _servicer(methods: dict[str, Handler]) -> Any:
     # The generated add_*_to_server only reads the method attributes, so a namespace
     # of instrumented callables is a complete servicer.
@@ -84,13 +121,20 @@ class CdsServer:
         *,
         authenticator: Authenticator | None = None,
         credentials: grpc.ServerCredentials | None = None,
+        memory: DecisionMemory | None = None,
+        role: WorkerRole | None = None,
     ) -> None:
         self.config = config
         self.state = state
         self.store = store
         self.metrics = metrics
         self.recorder = recorder
-        self.memory = DecisionMemory(config.max_decisions, config.decision_ttl)
+        self.memory = (  # not `or`: an empty memory is falsy (__len__)
+            memory
+            if memory is not None
+            else DecisionMemory(config.max_decisions, config.decision_ttl)
+        )
+        self.role = role
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
@@ -102,13 +146,14 @@ class CdsServer:
         self.server = grpc.aio.server(
             interceptors=interceptors,
             # One process owns the port: fail loudly if it is taken instead of sharing it.
-            options=[*server_options(), ("grpc.so_reuseport", 0)],
+            # Workers of one `cds serve --workers N` share it on purpose (SO_REUSEPORT).
+            options=[*server_options(), ("grpc.so_reuseport", 0 if role is None else 1)],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
         self._register()
 
     @classmethod
-    def create(cls, config: ServeConfig) -> CdsServer:
+    def create(cls, config: ServeConfig, role: WorkerRole | None = None) -> CdsServer:
         """Check the configuration and load the catalogue before anything listens.
 
         Raises CatalogRefused for a bad catalogue and ValueError/OSError (message fit
@@ -129,16 +174,25 @@ class CdsServer:
         if config.tls_cert is not None and config.tls_key is not None:
             credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
         authenticator = Authenticator(config.auth_tokens) if config.auth_tokens else None
-        metrics = Metrics()
-        state = CatalogState.load(config.catalog, metrics=metrics)
-        store = MemoryResultStore(max_results=config.max_results)
-        metrics.results_cached.set_function(store.cached_count)
+        metrics = Metrics(multiprocess=role is not None)
+        store = open_store(config.results, max_results=config.max_results)
+        decision_log = config.decision_log
+        if role is None:
+            state = CatalogState.load(config.catalog, metrics=metrics)
+            metrics.results_cached.set_function(store.cached_count)
+        else:
+            content = role.catalog_content
+            snapshot = build(config.catalog, lambda path: parse_catalog(content, source=path))
+            state = CatalogState(config.catalog, snapshot, metrics=metrics)
+            if decision_log is not None:
+                decision_log = worker_log_path(decision_log, role.index)
         recorder = open_recorder(
-            config.decision_log,
+            decision_log,
             config.pseudonym_key,
             metrics,
             max_bytes=config.decision_log_max_bytes,
             backups=config.decision_log_backups,
+            pseudonymizer=role.pseudonymizer if role is not None else None,
         )
         return cls(
             config,
@@ -148,6 +202,8 @@ class CdsServer:
             recorder,
             authenticator=authenticator,
             credentials=credentials,
+            memory=open_memory(config),
+            role=role,
         )
 
     def _register(self) -> None:
@@ -157,7 +213,7 @@ class CdsServer:
             self.state, self.store, self.memory, self.metrics, self.recorder, deadline_cap_s=cap
         )
         feed = ResultFeed(self.state, self.store, self.metrics, deadline_cap_s=cap)
-        admin = CatalogAdmin(self.state)
+        admin = CatalogAdmin(self.state, self.role.reload if self.role is not None else None)
         order_check_pb2_grpc.add_OrderCheckServiceServicer_to_server(
             _servicer(
                 {
@@ -210,9 +266,19 @@ class CdsServer:
             self.grpc_port = self.server.add_secure_port(self.config.listen, self._credentials)
         else:
             self.grpc_port = self.server.add_insecure_port(self.config.listen)
-        host, port = split_host_port(self.config.metrics_listen)
-        self._httpd, _ = start_http_server(port, host, registry=self.metrics.registry)
-        self.metrics_port = self._httpd.server_port
+        await self.memory.start()
+        start_store = getattr(self.store, "start", None)
+        if start_store is not None and not await start_store():
+            log.warning(
+                "results store %s not reachable yet: checks degrade until it is",
+                _redacted(self.config.results),
+            )
+        if self.role is None:
+            host, port = split_host_port(self.config.metrics_listen)
+            self._httpd, _ = start_http_server(port, host, registry=self.metrics.registry)
+            self.metrics_port = self._httpd.server_port
+        else:  # the parent serves every worker's metrics
+            self.spawn(self._publish_results_count())
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -224,6 +290,10 @@ class CdsServer:
         """
         with contextlib.suppress(CatalogRefused):
             await self.state.reload()
+        await self.reload_credentials()
+
+    async def reload_credentials(self) -> None:
+        """The tokens file and pseudonym keys (a worker's share of the parent's SIGHUP)."""
         if self.authenticator is not None:
             try:
                 await asyncio.to_thread(self.authenticator.reload)
@@ -235,6 +305,12 @@ class CdsServer:
             except (OSError, ValueError) as e:
                 log.warning("pseudonym keys not reloaded, the old keys stay: %s", e)
 
+    async def _publish_results_count(self) -> None:
+        gauge = self.metrics.results_cached
+        while True:
+            gauge.set(self.store.cached_count())
+            await asyncio.sleep(RESULTS_COUNT_INTERVAL_S)
+
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -243,11 +319,22 @@ class CdsServer:
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace)
+        for task in list(self._tasks):
+            task.cancel()
         await self.recorder.close()
+        await self.memory.close()
         await self.store.close()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+
+
+def _redacted(url: str | None) -> str:
+    """A store URL fit for a log line: no password."""
+    if url is None:
+        return "in-process"
+    scheme, sep, rest = url.partition("://")
+    return scheme + sep + rest.rpartition("@")[2]
 
 
 async def run(config: ServeConfig) -> int:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from cds.catalog import CatalogError, diff_snapshots, load_catalog
+from cds.catalog import CatalogError, diff_snapshots, load_catalog, parse_catalog
 from cds.engine import Engine
 from cds.metrics import Metrics
 from cds.snapshot import Snapshot
@@ -117,22 +117,26 @@ class CatalogState:
             self._metrics.catalog_loaded.set(active.loaded_at_us / 1e6)
         return active
 
-    def _build_active(self) -> tuple[Snapshot, Engine]:
-        snapshot = build(self.path, self._loader)
+    def _build_active(self, content: bytes | None = None) -> tuple[Snapshot, Engine]:
+        if content is None:
+            snapshot = build(self.path, self._loader)
+        else:
+            snapshot = build(self.path, lambda path: parse_catalog(content, source=path))
         return snapshot, Engine(snapshot)
 
-    async def reload(self, dry_run: bool = False) -> ReloadOutcome:
+    async def reload(self, dry_run: bool = False, content: bytes | None = None) -> ReloadOutcome:
         """Validate the configured file and (unless ``dry_run``) activate it.
 
         Parsing and indexing run in a worker thread so checks keep being answered.
         A dry run only reports: it neither activates, nor counts, nor touches status.
         Raises :class:`CatalogRefused` with every error; the active catalogue is then
-        unchanged.
+        unchanged. ``content`` stands in for the file's bytes: with several workers the
+        parent reads the file once and every worker activates exactly those bytes.
         """
         async with self._lock:
             previous = self.active
             try:
-                snapshot, engine = await asyncio.to_thread(self._build_active)
+                snapshot, engine = await asyncio.to_thread(self._build_active, content)
             except CatalogRefused as refused:
                 self._log_refusal(refused.errors, dry_run)
                 if not dry_run:
@@ -160,6 +164,12 @@ class CatalogState:
                     previous.version,
                 )
             return ReloadOutcome(not dry_run, snapshot.version, previous.version, changes)
+
+    def refuse(self, errors: list[str]) -> None:
+        """Record a reload refused elsewhere (the parent of several workers could not
+        read the file), exactly as if this process had refused it."""
+        self._log_refusal(errors, False)
+        self._record_failure(errors)
 
     def _log_refusal(self, errors: list[str], dry_run: bool) -> None:
         # Catalogue errors name JSON paths and codes, never patients: safe to log whole.

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 
 from cds.service.convert import us_timestamp
 from cds.service.rpc import RpcFailure
-from cds.state import CatalogRefused, CatalogState, errors_message
+from cds.state import CatalogRefused, CatalogState, ReloadOutcome, errors_message
 from cds.v1 import catalog_admin_pb2
+
+Reloader = Callable[[bool], Awaitable[ReloadOutcome]]
 
 
 class CatalogAdmin:
-    def __init__(self, state: CatalogState) -> None:
+    def __init__(self, state: CatalogState, reload: Reloader | None = None) -> None:
+        """``reload(dry_run)`` defaults to this process's state; a worker of several
+        passes one that has the parent reload every worker (cds.worker)."""
         self._state = state
+        self._reload: Reloader = reload or (lambda dry_run: state.reload(dry_run=dry_run))
 
     async def reload_catalog(
         self, request: catalog_admin_pb2.ReloadCatalogRequest, context: grpc.aio.ServicerContext
     ) -> catalog_admin_pb2.ReloadCatalogResponse:
         dry_run = request.dry_run
         try:
-            outcome = await self._state.reload(dry_run=dry_run)
+            outcome = await self._reload(dry_run)
         except CatalogRefused as refused:
             raise RpcFailure(
                 grpc.StatusCode.FAILED_PRECONDITION, errors_message(refused.errors)

@@ -123,7 +123,12 @@ class OrderCheck:
                 raise invalid_argument(f"{field}: longer than {MAX_STRING} characters")
         if len(comment) > MAX_COMMENT:
             raise invalid_argument(f"comment: longer than {MAX_COMMENT} characters")
-        remembered = self._memory.recall(decision_id)
+        try:
+            remembered = await self._memory.lookup(decision_id)
+        except ResultsUnavailable as e:
+            raise RpcFailure(
+                grpc.StatusCode.UNAVAILABLE, "decisions store unavailable; retry"
+            ) from e
         if remembered is None:
             raise RpcFailure(
                 grpc.StatusCode.NOT_FOUND, "decision_id: unknown or no longer remembered"

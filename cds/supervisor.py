@@ -1,0 +1,518 @@
+"""``cds serve --workers N``: one parent, N worker processes serving one port.
+
+Shape, after gRPC's multiprocessing example: the parent creates no gRPC object at all.
+It validates the catalogue, binds the port with SO_REUSEPORT (kept bound, never
+listening, so the port stays ours while a worker restarts and ``:0`` resolves once),
+then starts each worker as a fresh interpreter (``python -m cds.worker``) that binds
+the same port with ``grpc.so_reuseport``. The kernel spreads *connections* over the
+workers; a channel stays on the worker it connected to.
+
+What the parent owns:
+
+* **Metrics.** Workers write to ``PROMETHEUS_MULTIPROC_DIR`` (the operator's, wiped
+  of ``*.db`` at start, or a fresh temporary directory removed at exit); the parent
+  serves ``MultiProcessCollector`` over them at ``--metrics-listen``, plus
+  ``cds_workers`` and ``cds_worker_restarts_total``.
+* **Reloads.** ``ReloadCatalog`` on any worker, or SIGHUP to the parent, becomes one
+  reload: the parent reads the file once and sends those bytes to every worker; the
+  RPC is answered when all have replied. A file refused by one is refused by all
+  (same bytes, same validator); if workers ever disagree (one crashed or timed out
+  mid-reload) the reload fails visibly — the RPC gets ``FAILED_PRECONDITION`` naming
+  the workers, an ERROR is logged — and those workers are restarted with the
+  catalogue in force, so ``GetCatalogStatus`` converges on one version. SIGHUP also
+  has every worker re-read the tokens file and the pseudonym keys.
+* **Crashes.** A worker that exits unexpectedly is logged at ERROR, counted and
+  restarted (same port, same decision-log file, the catalogue in force). More than
+  ``RESTART_LIMIT`` unexpected exits within ``RESTART_WINDOW_S`` means something is
+  systematically wrong: the parent then stops every worker and exits 1, loudly, for
+  the service manager to see.
+* **Shutdown.** SIGTERM/SIGINT: every worker gets SIGTERM and drains for ``--grace``
+  (health NOT_SERVING first); the parent exits 0 once all have exited 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from cds import control
+from cds.audit import MIN_KEY_BYTES
+from cds.catalog import parse_catalog
+from cds.config import ServeConfig
+from cds.server import _redacted, split_host_port
+from cds.state import CatalogRefused, build
+from cds.tls import check_listen_policy, check_metrics_listen
+
+log = logging.getLogger(__name__)
+
+RESTART_LIMIT = 5
+RESTART_WINDOW_S = 60.0
+START_TIMEOUT_S = 60.0
+APPLY_TIMEOUT_S = 60.0
+STOP_MARGIN_S = 10.0
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class Worker:
+    """The parent's view of one worker process."""
+
+    def __init__(
+        self,
+        index: int,
+        process: asyncio.subprocess.Process,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.index = index
+        self.process = process
+        self.reader = reader
+        self.writer = writer
+        self.ready: asyncio.Future[control.Header] = asyncio.get_running_loop().create_future()
+        self.replies: dict[int, asyncio.Future[control.Header]] = {}
+        self.expected_exit = False
+        self.tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+
+
+class _SupervisorMetrics:
+    """The parent's own two series (a custom collector: nothing here touches the
+    multiprocess files, so nothing is counted twice)."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._s = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "cds_workers",
+            "Worker processes running (cds serve --workers).",
+            value=sum(1 for w in self._s.workers if w is not None and w.alive),
+        )
+        yield CounterMetricFamily(
+            "cds_worker_restarts",
+            "Workers restarted after exiting unexpectedly or missing a reload.",
+            value=self._s.restarts,
+        )
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: ServeConfig,
+        content: bytes,
+        listen: str,
+        metrics_dir: str,
+        pseudonym_key: tuple[str, str] | None,
+    ) -> None:
+        self.config = config
+        self.content = content  # the catalogue in force: what a (re)started worker gets
+        self.listen = listen
+        self.metrics_dir = metrics_dir
+        self.pseudonym_key = pseudonym_key
+        self.workers: list[Worker | None] = [None] * config.workers
+        self.env = dict(os.environ, **{MULTIPROC_ENV: metrics_dir})
+        self.reload_lock = asyncio.Lock()
+        self.ids = itertools.count(1)
+        self.stopping = asyncio.Event()
+        self.started = False
+        self.fatal: str | None = None
+        self.restarts = 0
+        self._crashes: collections.deque[float] = collections.deque()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- workers ------------------------------------------------------------------------
+
+    async def spawn(self, index: int) -> Worker:
+        # Under the reload lock: a worker is registered and handed the catalogue in
+        # force before any later reload fans out, so it cannot miss one.
+        async with self.reload_lock:
+            parent_end, child_end = socket.socketpair()
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "cds.worker",
+                    str(child_end.fileno()),
+                    pass_fds=(child_end.fileno(),),
+                    env=self.env,
+                    start_new_session=True,
+                )
+            finally:
+                child_end.close()
+            reader, writer = await control.open_channel(parent_end)
+            worker = Worker(index, process, reader, writer)
+            self.workers[index] = worker
+            header = {
+                "op": "init",
+                "index": index,
+                "listen": self.listen,
+                "config": asdict(self.config),
+                "log_level": logging.getLevelName(logging.getLogger().level),
+                "pseudonym_key": self.pseudonym_key,
+            }
+            await control.send(writer, header, self.content)
+        worker.tasks = [self._task(self._follow(worker)), self._task(self._watch(worker))]
+        return worker
+
+    def _task(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _follow(self, worker: Worker) -> None:
+        try:
+            while True:
+                header, _ = await control.receive(worker.reader)
+                op = header["op"]
+                if op == "ready":
+                    if not worker.ready.done():
+                        worker.ready.set_result(header)
+                    if self.started:
+                        log.info("worker %d (pid %d) serving again", worker.index, header["pid"])
+                elif op == "reload":
+                    self._task(self._answer_reload(worker, header["id"]))
+                elif op == "applied":
+                    answer = worker.replies.pop(header["id"], None)
+                    if answer is not None and not answer.done():
+                        answer.set_result(header)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            gone = ConnectionError(f"worker {worker.index} closed its control channel")
+            for answer in [worker.ready, *worker.replies.values()]:
+                if not answer.done():
+                    answer.set_exception(gone)
+                    answer.exception()  # retrieved: nobody may be waiting on it
+            worker.replies.clear()
+
+    async def _watch(self, worker: Worker) -> None:
+        code = await worker.process.wait()
+        mark_process_dead(worker.process.pid, self.metrics_dir)  # its live gauges go
+        worker.writer.close()
+        if self.stopping.is_set():
+            return
+        if not self.started:
+            self._fail(f"worker {worker.index} exited with code {code} while starting")
+            return
+        if worker.expected_exit:
+            log.warning("worker %d restarted to take the catalogue in force", worker.index)
+        else:
+            log.error(
+                "worker %d (pid %d) exited with code %d: restarting it",
+                worker.index,
+                worker.process.pid,
+                code,
+            )
+            now = time.monotonic()
+            self._crashes.append(now)
+            while self._crashes and self._crashes[0] < now - RESTART_WINDOW_S:
+                self._crashes.popleft()
+            if len(self._crashes) > RESTART_LIMIT:
+                self._fail(
+                    f"workers exited unexpectedly {len(self._crashes)} times within "
+                    f"{RESTART_WINDOW_S:.0f} s: stopping the service"
+                )
+                return
+        self.restarts += 1
+        try:
+            await self.spawn(worker.index)
+        except OSError as e:
+            self._fail(f"cannot restart worker {worker.index}: {e}")
+
+    def _fail(self, why: str) -> None:
+        if self.fatal is None:
+            self.fatal = why
+            log.critical("%s", why)
+        self.stopping.set()
+
+    async def start_all(self) -> None:
+        """Start every worker and wait until each serves; raises RuntimeError if one cannot."""
+        for index in range(self.config.workers):
+            await self.spawn(index)
+        pending: set[asyncio.Future[Any]] = {w.ready for w in self.workers if w is not None}
+        stop = self._task(self.stopping.wait())
+        deadline = time.monotonic() + START_TIMEOUT_S
+        try:
+            while pending and not self.stopping.is_set():
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    raise RuntimeError(f"workers not ready within {START_TIMEOUT_S:.0f} s")
+                done, _ = await asyncio.wait(
+                    [*pending, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                for future in done - {stop}:
+                    pending.discard(future)
+                    if future.exception() is not None:
+                        raise RuntimeError(self.fatal or str(future.exception()))
+        finally:
+            stop.cancel()
+        if self.fatal is not None:
+            raise RuntimeError(self.fatal)
+        self.started = True
+
+    async def stop_all(self) -> bool:
+        """SIGTERM every worker, wait for the drain; True if all exited 0."""
+        self.stopping.set()
+        workers = [w for w in self.workers if w is not None]
+        for worker in workers:
+            worker.terminate()
+        waits = [asyncio.ensure_future(w.process.wait()) for w in workers]
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=self.config.grace + STOP_MARGIN_S)
+            for worker in workers:
+                if worker.alive:
+                    log.error("worker %d did not stop in time: killed", worker.index)
+                    with contextlib.suppress(ProcessLookupError):
+                        worker.process.kill()
+            if late:
+                await asyncio.wait(late)
+        for task in list(self._tasks):
+            task.cancel()
+        return all(w.process.returncode == 0 for w in workers)
+
+    # -- reloads --------------------------------------------------------------------------
+
+    async def _answer_reload(self, worker: Worker, request_id: int) -> None:
+        result = await self.reload_all(origin=worker.index)
+        with contextlib.suppress(ConnectionError):
+            await control.send(worker.writer, {"op": "reloaded", "id": request_id, **result})
+
+    async def reload_all(self, origin: int | None = None) -> control.Header:
+        """One reload for every worker: the file's bytes, read once, activated by each."""
+        async with self.reload_lock:
+            targets = [w for w in self.workers if w is not None and w.alive]
+            try:
+                content = await asyncio.to_thread(Path(self.config.catalog).read_bytes)
+            except OSError as e:
+                errors = [f"$: cannot read {self.config.catalog}: {e.strerror or e}"]
+                for worker in targets:
+                    with contextlib.suppress(ConnectionError):
+                        await control.send(worker.writer, {"op": "refuse", "errors": errors})
+                return {"ok": False, "errors": errors}
+            request_id = next(self.ids)
+            loop = asyncio.get_running_loop()
+            answers: dict[int, asyncio.Future[control.Header]] = {}
+            for worker in targets:
+                answer = answers[worker.index] = loop.create_future()
+                worker.replies[request_id] = answer
+                try:
+                    await control.send(worker.writer, {"op": "apply", "id": request_id}, content)
+                except ConnectionError as e:
+                    answer.set_exception(e)
+            if answers:
+                await asyncio.wait(answers.values(), timeout=APPLY_TIMEOUT_S)
+            replies: dict[int, control.Header | None] = {}
+            for index, answer in answers.items():
+                ok = answer.done() and answer.exception() is None
+                replies[index] = answer.result() if ok else None
+                if not answer.done():
+                    answer.cancel()
+            return self._settle(content, targets, replies, origin)
+
+    def _settle(
+        self,
+        content: bytes,
+        targets: list[Worker],
+        replies: dict[int, control.Header | None],
+        origin: int | None,
+    ) -> control.Header:
+        activated = [i for i, r in replies.items() if r is not None and r["ok"]]
+        if targets and len(activated) == len(targets):
+            self.content = content
+            reply = replies.get(origin) if origin is not None else None
+            reply = reply or replies[activated[0]]
+            log.info(
+                "catalogue version %s activated in all %d workers", reply["version"], len(targets)
+            )
+            return {
+                "ok": True,
+                "version": reply["version"],
+                "previous": reply["previous"],
+                "changes": reply["changes"],
+            }
+        refused = [r for r in replies.values() if r is not None and not r["ok"]]
+        if targets and len(refused) == len(targets):
+            return {"ok": False, "errors": refused[0]["errors"]}  # refused alike everywhere
+        if activated:
+            self.content = content
+        lagging = [
+            w
+            for w in targets
+            if replies[w.index] is None or (activated and w.index not in activated)
+        ]
+        why = "; ".join(
+            f"worker {w.index}: " + ("no answer" if replies[w.index] is None else "refused it")
+            for w in targets
+            if w.index not in activated
+        )
+        message = (
+            f"catalogue reload reached {len(activated)} of {len(targets)} workers ({why}); "
+            "restarting those with the catalogue in force"
+        )
+        log.error("%s", message)
+        for worker in lagging:
+            worker.expected_exit = True
+            worker.terminate()
+        return {"ok": False, "errors": [message]}
+
+    async def on_sighup(self) -> None:
+        result = await self.reload_all()
+        if not result["ok"]:
+            log.warning("SIGHUP: catalogue not reloaded; the version in force keeps serving")
+        for worker in self.workers:
+            if worker is not None and worker.alive:
+                with contextlib.suppress(ConnectionError):
+                    await control.send(worker.writer, {"op": "hup"})
+
+
+def _prepare_metrics_dir() -> tuple[str, bool]:
+    """The operator's ``PROMETHEUS_MULTIPROC_DIR`` wiped of old files, or a fresh one."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if not given:
+        return tempfile.mkdtemp(prefix="cds-metrics-"), True
+    os.makedirs(given, exist_ok=True)
+    for stale in Path(given).glob("*.db"):
+        stale.unlink()
+    return given, False
+
+
+def _reserve_port(listen: str) -> tuple[socket.socket, str]:
+    """Bind (not listen) with SO_REUSEPORT; returns the socket and ``HOST:PORT`` resolved."""
+    host, port = split_host_port(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    bound = sock.getsockname()[1]
+    return sock, (f"[{host}]:{bound}" if family == socket.AF_INET6 else f"{host}:{bound}")
+
+
+def _load_catalog(path: str) -> bytes:
+    """The file's bytes once validated; raises CatalogRefused with every error."""
+    try:
+        content = Path(path).read_bytes()
+    except OSError:
+        build(path)  # refuses with the usual "cannot read" error
+        raise
+    build(path, lambda p: parse_catalog(content, source=p))
+    return content
+
+
+async def supervise(config: ServeConfig) -> int:
+    """Run ``config.workers`` workers until SIGTERM/SIGINT; returns the exit code."""
+    try:
+        content = _load_catalog(config.catalog)
+    except CatalogRefused as refused:
+        print(f"cds: catalogue {config.catalog} is invalid:", file=sys.stderr)
+        for error in refused.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    try:
+        warning = check_listen_policy(
+            config.listen,
+            tls=config.tls_cert is not None,
+            auth=config.auth_tokens is not None,
+            insecure=config.insecure,
+        )
+        reserved, listen = _reserve_port(config.listen)
+    except (OSError, ValueError) as e:
+        print(f"cds: cannot start: {e}", file=sys.stderr)
+        return 1
+    for message in (warning, check_metrics_listen(config.metrics_listen)):
+        if message is not None:
+            log.warning("%s", message)
+    pseudonym_key = None
+    if config.decision_log is not None and config.pseudonym_key is None:
+        log.warning(
+            "no --pseudonym-key configured: audit pseudonyms use a random key shared by "
+            "the workers of this run and will not link across restarts"
+        )
+        pseudonym_key = (f"ephemeral-{secrets.token_hex(4)}", secrets.token_hex(MIN_KEY_BYTES))
+    metrics_dir, own_dir = _prepare_metrics_dir()
+    supervisor = Supervisor(config, content, listen, metrics_dir, pseudonym_key)
+    httpd = None
+    try:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=metrics_dir)
+        registry.register(_SupervisorMetrics(supervisor))
+        metrics_host, metrics_port = split_host_port(config.metrics_listen)
+        try:
+            httpd, _ = start_http_server(metrics_port, metrics_host, registry=registry)
+        except OSError as e:
+            print(f"cds: cannot listen: {e}", file=sys.stderr)
+            return 1
+        return await _serve(supervisor, listen, metrics_host, httpd.server_port)
+    finally:
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        reserved.close()
+        if own_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+async def _serve(supervisor: Supervisor, listen: str, metrics_host: str, metrics_port: int) -> int:
+    config = supervisor.config
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, supervisor.stopping.set)
+    loop.add_signal_handler(signal.SIGINT, supervisor.stopping.set)
+    try:
+        await supervisor.start_all()
+    except (RuntimeError, OSError) as e:
+        print(f"cds: cannot start the workers: {e}", file=sys.stderr)
+        await supervisor.stop_all()
+        return 1
+    loop.add_signal_handler(signal.SIGHUP, lambda: supervisor._task(supervisor.on_sighup()))
+    host, port = split_host_port(listen)
+    ready = [w.ready.result() for w in supervisor.workers if w is not None]
+    log.info(
+        "serving catalogue version %s on %s:%d, metrics on http://%s:%d/metrics "
+        "(%d workers, pids %s; results %s)",
+        ready[0]["version"],
+        host,
+        port,
+        metrics_host,
+        metrics_port,
+        config.workers,
+        ",".join(str(r["pid"]) for r in ready),
+        _redacted(config.results),
+    )
+    await supervisor.stopping.wait()
+    if supervisor.fatal is None:
+        log.info("stopping: draining every worker for up to %.1f s", config.grace)
+    clean = await supervisor.stop_all()
+    if supervisor.fatal is not None or not clean:
+        log.error("stopped with errors")
+        return 1
+    log.info("stopped")
+    return 0

@@ -1,0 +1,126 @@
+"""Decisions shared through a real redis-server: what is kept, for how long, and faults."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cds.decisions import find_line, offered_overrides
+from cds.domain import (
+    Decision,
+    EncounterType,
+    Evaluation,
+    ItemCategory,
+    ItemDecision,
+    Order,
+    OrderItem,
+    OverrideOption,
+    Reason,
+)
+from cds.results.base import ResultsUnavailable
+from cds.shared_decisions import SharedDecisionMemory, decode, encode
+from tests.support.redis_server import redis_server_fixture  # noqa: F401
+from tests.support.stores import eventually
+
+pytestmark = pytest.mark.redis
+
+ORDER = Order("req", "H1", "D1", "C1", EncounterType.OUTPATIENT, "P1", (), False, "",
+              (OrderItem("1", "K", ItemCategory.LAB, "", "", False),), 0)  # fmt: skip
+WARNED = Evaluation(
+    Decision.WARN,
+    (
+        ItemDecision(
+            "1",
+            "K",
+            Decision.WARN,
+            (
+                Reason(
+                    "RECOGNIZABLE_RESULT_EXISTS",
+                    Decision.WARN,
+                    "已有可互认结果",
+                    (),
+                    (
+                        OverrideOption("CHANGED", "病情变化", False),
+                        OverrideOption("OTHER", "其他", True),
+                    ),
+                ),
+            ),
+        ),
+        ItemDecision("2", "NA", Decision.ALLOW, ()),
+    ),
+)
+ALLOWED = Evaluation(Decision.ALLOW, (ItemDecision("1", "K", Decision.ALLOW, ()),))
+
+
+def test_the_record_keeps_what_feedback_needs():
+    from cds.decisions import Remembered
+
+    back = decode(encode(Remembered("P1", "C1", "H1", "D1", "v7", WARNED)))
+    assert back[:5] == ("P1", "C1", "H1", "D1", "v7")
+    line = find_line(back, "1")
+    assert line is not None and line.decision == Decision.WARN
+    assert [r.code for r in line.reasons] == ["RECOGNIZABLE_RESULT_EXISTS"]
+    assert {c: o.requires_comment for c, o in offered_overrides(line).items()} == {
+        "CHANGED": False,
+        "OTHER": True,
+    }
+    assert find_line(back, "2") is not None
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_decision_with_reasons_is_found_by_another_process_and_expires(redis_server):
+    async def scenario():
+        writer = SharedDecisionMemory(redis_server.url, ttl_seconds=3600)
+        reader = SharedDecisionMemory(redis_server.url, ttl_seconds=3600)
+        await writer.start()
+        try:
+            writer.remember("d-1", ORDER, WARNED, "v1")
+            found = await eventually(lambda: reader.lookup("d-1"))
+            ttl_ms = await reader._redis.pttl("cds:d:d-1")
+            return found, ttl_ms
+        finally:
+            await writer.close()
+            await reader.close()
+
+    found, ttl_ms = run(scenario())
+    assert found.catalog_version == "v1" and found.patient_id == "P1"
+    assert 3_500_000 < ttl_ms <= 3_600_000
+
+
+def test_an_answer_without_reasons_stays_local(redis_server):
+    async def scenario():
+        writer = SharedDecisionMemory(redis_server.url)
+        reader = SharedDecisionMemory(redis_server.url)
+        await writer.start()
+        try:
+            writer.remember("d-allow", ORDER, ALLOWED, "v1")
+            writer.remember("d-warn", ORDER, WARNED, "v1")
+            await eventually(lambda: reader.lookup("d-warn"))  # written after d-allow
+            return await writer.lookup("d-allow"), await reader.lookup("d-allow")
+        finally:
+            await writer.close()
+            await reader.close()
+
+    local, shared = run(scenario())
+    assert local is not None and shared is None
+
+
+def test_with_redis_down_a_local_decision_is_found_and_a_remote_one_is_unavailable(redis_server):
+    async def scenario():
+        memory = SharedDecisionMemory(redis_server.url, timeout_s=0.1)
+        await memory.start()
+        try:
+            memory.remember("d-local", ORDER, WARNED, "v1")
+            redis_server.stop()
+            local = await memory.lookup("d-local")
+            with pytest.raises(ResultsUnavailable):
+                await memory.lookup("d-elsewhere")
+            return local
+        finally:
+            await memory.close()
+
+    assert run(scenario()) is not None
