@@ -186,16 +186,16 @@ class SharedDecisionMemory(DecisionMemory):
     def remember(
         self, decision_id: str, order: Order, evaluation: Evaluation, catalog_version: str
     ) -> None:
-        remembered = Remembered(
-            order.patient_id,
-            order.clinician_id,
-            order.institution_id,
-            order.department_id,
-            catalog_version,
-            evaluation,
-        )
-        self._decisions[decision_id] = remembered
+        super().remember(decision_id, order, evaluation, catalog_version)
         if _worth_sharing(evaluation) and self._wake is not None:
+            remembered = Remembered(
+                order.patient_id,
+                order.clinician_id,
+                order.institution_id,
+                order.department_id,
+                catalog_version,
+                evaluation,
+            )
             if len(self._pending) < MAX_PENDING:
                 self._pending.append((decision_id, remembered))
                 self._wake.set()
@@ -203,7 +203,7 @@ class SharedDecisionMemory(DecisionMemory):
                 self.unshared += 1
 
     async def lookup(self, decision_id: str) -> Remembered | None:
-        local = self._decisions.get(decision_id)
+        local = self.recall(decision_id)
         if local is not None:
             return local
         key = self._prefix + decision_id
