@@ -179,7 +179,7 @@ class CdsServer:
         decision_log = config.decision_log
         if role is None:
             state = CatalogState.load(config.catalog, metrics=metrics)
-            metrics.results_cached.set_function(store.cached_count)
+            metrics.watch_cached(store.cached_count)
         else:
             content = role.catalog_content
             snapshot = build(config.catalog, lambda path: parse_catalog(content, source=path))
@@ -273,6 +273,7 @@ class CdsServer:
                 "results store %s not reachable yet: checks degrade until it is",
                 _redacted(self.config.results),
             )
+        self.metrics.attach(asyncio.get_running_loop())
         if self.role is None:
             host, port = split_host_port(self.config.metrics_listen)
             self._httpd, _ = start_http_server(port, host, registry=self.metrics.registry)
