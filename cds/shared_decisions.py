@@ -17,13 +17,16 @@ What is shared, and why not more:
   codes with their "comment required" flag — not the clinician-facing texts or the
   listed prior results (~150 bytes as JSON for a one-line warning).
 
-Off the Check path: ``remember`` appends to a list; a background task writes what has
-gathered in one pipeline, on a connection opened at start, as soon as the loop is free
-— typically before the answer has reached the EMR, while a clinician takes seconds to
-click. For the rare feedback that still overtakes its write (an automated EMR, a slow
-Redis), a miss is asked again once after ``MISS_RETRY_S``. If Redis is down the
-decisions stay local (logged, rate-limited) and feedback that reaches another process
-gets ``UNAVAILABLE`` (retry) rather than a wrong ``NOT_FOUND``.
+Off the Check path: ``remember`` appends to a list and, once per event-loop tick,
+schedules a callback that sends what gathered as ``SET``s into the pipelined
+connection opened at start (:mod:`cds.results.redis_wire`; redis-py's pipeline on
+Cluster or TLS) and counts their replies when the last arrives — no task wake-up and
+no await per batch, the write leaves after this tick's checks, typically before the
+answer has reached the EMR, while a clinician takes seconds to click. For the rare
+feedback that still overtakes its write (an automated EMR, a slow Redis), a miss is
+asked again once after ``MISS_RETRY_S``. If Redis is down the decisions stay local
+(logged, rate-limited) and feedback that reaches another process gets ``UNAVAILABLE``
+(retry) rather than a wrong ``NOT_FOUND``.
 
 Whether the same feedback was already recorded stays per process: a retry that lands
 on another worker is written to that worker's decision log too (the records carry
@@ -54,6 +57,8 @@ from cds.domain import (
     Reason,
 )
 from cds.results.base import ResultsUnavailable
+from cds.results.redis_wire import PipelinedRedis, pack
+from cds.results.redis_wire import supports as wire_supports
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,7 @@ MAX_PENDING = 10_000
 _WARN_EVERY_S = 10.0
 # A decision written by another process may be a write away: ask once more after this.
 MISS_RETRY_S = 0.05
+_PING = pack("PING")
 
 
 def encode(r: Remembered) -> bytes:
@@ -157,37 +163,50 @@ class SharedDecisionMemory(DecisionMemory):
             )
         else:
             self._redis = Redis.from_url(url, **options)
+        # Writes and lookups go through one pipelined connection where it serves the URL:
+        # redis-py's pipeline and task wake-up per batch cost ~14 % of a loaded server's
+        # CPU (py-spy) with a WARN/BLOCK on a third of the checks.
+        self._pipe = (
+            PipelinedRedis(url, connect_timeout_s=timeout_s, timeout_s=timeout_s)
+            if wire_supports(url)
+            else None
+        )
         self._pending: list[tuple[str, Remembered]] = []
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start(): sharing on
+        self._scheduled = False
+        self._task: asyncio.Task[None] | None = None  # a write that has to await (connect)
+        self._in_flight: set[asyncio.Future[Any]] = set()  # last SET of each sent batch
         self._warned_at = 0.0
         self.unshared = 0  # decisions that could not be written (kept locally only)
 
     async def start(self) -> None:
         # Connect now (not on the first decision), so the first write is not slower
         # than the feedback that follows it. Redis being down is fine: writes retry.
-        with contextlib.suppress(RedisError, OSError):
-            await self._redis.ping()
-        if self._task is None:
-            self._wake = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(
-                self._write_forever(), name="cds-shared-decisions"
-            )
+        with contextlib.suppress(RedisError, OSError, ResultsUnavailable):
+            if self._pipe is not None:
+                await self._pipe.call(_PING)
+            else:
+                await self._redis.ping()
+        self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+        if self._loop is not None:
+            self._loop = None  # no more sharing; write what the last checks remembered
+            if self._task is not None:
                 await self._task
-            self._task = None
-            await self._flush()  # what the last checks remembered
+            await self._flush()
+            if self._in_flight:
+                await asyncio.wait(self._in_flight)  # each bounded by the command timeout
+        if self._pipe is not None:
+            await self._pipe.aclose()
         await self._redis.aclose()
 
     def remember(
         self, decision_id: str, order: Order, evaluation: Evaluation, catalog_version: str
     ) -> None:
         super().remember(decision_id, order, evaluation, catalog_version)
-        if _worth_sharing(evaluation) and self._wake is not None:
+        loop = self._loop
+        if loop is not None and _worth_sharing(evaluation):
             remembered = Remembered(
                 order.patient_id,
                 order.clinician_id,
@@ -198,7 +217,9 @@ class SharedDecisionMemory(DecisionMemory):
             )
             if len(self._pending) < MAX_PENDING:
                 self._pending.append((decision_id, remembered))
-                self._wake.set()
+                if not self._scheduled:  # one write per event-loop tick, after this check
+                    self._scheduled = True
+                    loop.call_soon(self._write_pending)
             else:
                 self.unshared += 1
 
@@ -208,37 +229,76 @@ class SharedDecisionMemory(DecisionMemory):
             return local
         key = self._prefix + decision_id
         try:
-            data = await self._redis.get(key)
+            data = await self._get(key)
             if data is None:
                 await asyncio.sleep(MISS_RETRY_S)
-                data = await self._redis.get(key)
+                data = await self._get(key)
         except (RedisError, OSError) as e:
             raise ResultsUnavailable(f"redis read failed: {type(e).__name__}") from e
         return None if data is None else decode(data)
 
-    async def _write_forever(self) -> None:
-        assert self._wake is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self._flush()
+    async def _get(self, key: str) -> bytes | None:
+        if self._pipe is not None:  # raises ResultsUnavailable itself
+            data: bytes | None = await self._pipe.call(pack("GET", key))
+            return data
+        return await self._redis.get(key)  # type: ignore[no-any-return]
 
-    async def _flush(self) -> None:
+    def _write_pending(self) -> None:
+        """Send what gathered during this tick: with the pipelined connection open, the
+        SETs go straight into it and one callback counts their replies (no task, no
+        wake-up per batch); else a task connects (or uses redis-py) and writes."""
+        self._scheduled = False
         if not self._pending:
             return
-        batch, self._pending = self._pending, []
-        pipe = self._redis.pipeline(transaction=False)
-        for decision_id, remembered in batch:
-            pipe.set(self._prefix + decision_id, encode(remembered), px=self._ttl_ms)
-        try:
-            await pipe.execute()
-        except (RedisError, OSError) as e:
-            self.unshared += len(batch)
-            now = time.monotonic()
-            if now - self._warned_at > _WARN_EVERY_S:
-                self._warned_at = now
-                log.warning(
-                    "decisions not shared through Redis (%s): feedback for them is found "
-                    "only by this process until Redis answers again",
-                    type(e).__name__,
+        link = self._pipe.open_link() if self._pipe is not None else None
+        if link is None or (self._task is not None and not self._task.done()):
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(
+                    self._flush(), name="cds-shared-decisions"
                 )
+            return  # a running _flush takes this batch too
+        batch, self._pending = self._pending, []
+        prefix, ttl_ms = self._prefix, self._ttl_ms
+        futures = [link.send(pack("SET", prefix + d, encode(r), "PX", ttl_ms)) for d, r in batch]
+        last = futures[-1]  # replies come in order: when it is done, all are
+        self._in_flight.add(last)
+        last.add_done_callback(lambda _: self._written(futures))
+
+    def _written(self, futures: list[asyncio.Future[Any]]) -> None:
+        self._in_flight.discard(futures[-1])
+        error: BaseException | None = None
+        for future in futures:
+            failed = future.cancelled() or future.exception()  # also marks it retrieved
+            if failed:
+                self.unshared += 1
+                error = error or (failed if isinstance(failed, BaseException) else None)
+        if error is not None:
+            self._warn(error)
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                if self._pipe is not None:
+                    prefix, ttl_ms = self._prefix, self._ttl_ms
+                    await self._pipe.call_many(
+                        [pack("SET", prefix + d, encode(r), "PX", ttl_ms) for d, r in batch]
+                    )
+                else:
+                    pipe = self._redis.pipeline(transaction=False)
+                    for decision_id, remembered in batch:
+                        pipe.set(self._prefix + decision_id, encode(remembered), px=self._ttl_ms)
+                    await pipe.execute()
+            except (RedisError, OSError, ResultsUnavailable) as e:
+                self.unshared += len(batch)
+                self._warn(e)
+
+    def _warn(self, error: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._warned_at > _WARN_EVERY_S:
+            self._warned_at = now
+            log.warning(
+                "decisions not shared through Redis (%s): feedback for them is found "
+                "only by this process until Redis answers again",
+                type(error).__name__,
+            )

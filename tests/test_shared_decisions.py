@@ -124,3 +124,47 @@ def test_with_redis_down_a_local_decision_is_found_and_a_remote_one_is_unavailab
             await memory.close()
 
     assert run(scenario()) is not None
+
+
+def test_decisions_made_while_redis_is_down_are_counted_unshared_and_sharing_resumes(
+    redis_server,
+):
+    async def scenario():
+        writer = SharedDecisionMemory(redis_server.url, timeout_s=0.1)
+        reader = SharedDecisionMemory(redis_server.url, timeout_s=0.1)
+        await writer.start()
+        try:
+            writer.remember("d-before", ORDER, WARNED, "v1")
+            await eventually(lambda: reader.lookup("d-before"))
+            redis_server.stop()
+            writer.remember("d-down-1", ORDER, WARNED, "v1")
+            writer.remember("d-down-2", ORDER, WARNED, "v1")
+
+            async def both_counted():
+                return writer.unshared == 2
+
+            await eventually(both_counted)
+            redis_server.start()
+            writer.remember("d-after", ORDER, WARNED, "v1")
+            return await eventually(lambda: reader.lookup("d-after"))
+        finally:
+            await writer.close()
+            await reader.close()
+
+    assert run(scenario()).catalog_version == "v1"
+
+
+def test_close_writes_what_the_last_checks_remembered(redis_server):
+    async def scenario():
+        writer = SharedDecisionMemory(redis_server.url)
+        reader = SharedDecisionMemory(redis_server.url)
+        await writer.start()
+        for i in range(50):
+            writer.remember(f"d-{i}", ORDER, WARNED, "v1")
+        await writer.close()  # before the loop ran the scheduled write
+        try:
+            return [await reader.lookup(f"d-{i}") for i in range(50)]
+        finally:
+            await reader.close()
+
+    assert all(found is not None for found in run(scenario()))

@@ -45,12 +45,18 @@ So another instance sees a write as soon as it has processed the invalidation
 message (typically well under a millisecond after ``put_many`` returns), not
 atomically with it. Checks tolerate that: the engine reads results as of "now".
 
-Faults. Reads use short socket timeouts (``read_timeout_s``, default 50 ms; connect
+Reads. A check's ``HGETALL`` goes through one pipelined connection shared by every
+concurrent check (:mod:`cds.results.redis_wire`: no pool, no timer per call, one
+write per event-loop tick), not through redis-py, whose per-command overhead was most
+of a Redis-backed check's extra CPU; writes, scripts and pub/sub stay on redis-py. On
+Cluster or with TLS (``rediss://``) reads use redis-py too.
+
+Faults. Reads time out fast (``read_timeout_s``, default 50 ms; connect
 ``connect_timeout_s``, 50 ms) to fit a check's ~100 ms budget; writes allow longer
-(``write_timeout_s``, 1 s). One immediate retry on a connection error (a pooled
-connection Redis closed on restart) and none on a timeout. Every Redis failure
-surfaces as ``ResultsUnavailable``; redis-py reconnects on the next call, so the
-store recovers by itself when Redis returns.
+(``write_timeout_s``, 1 s). One immediate retry on a lost connection (Redis closed it
+on restart) and none on a timeout. Every Redis failure surfaces as
+``ResultsUnavailable``; both clients reconnect on the next call, so the store
+recovers by itself when Redis returns.
 
 ``cached_count`` is approximate: a hash ``<prefix>n`` counts rows per expiry day
 (incremented by writes, decremented for replaced and withdrawn rows), refreshed in the
@@ -86,6 +92,8 @@ from redis.exceptions import NoScriptError, RedisError
 
 from cds.domain import StoredResult
 from cds.results.base import EMPTY_RESULTS, PatientResults, ResultsUnavailable, StoredRow
+from cds.results.redis_wire import PipelinedRedis
+from cds.results.redis_wire import supports as wire_supports
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +255,16 @@ class RedisResultStore:
         self._chunk_rows = chunk_rows
         self._count_refresh_s = count_refresh_s
         self._maintenance_interval_s = maintenance_interval_s
-        self._reader = self._client(url, connect_timeout_s, read_timeout_s)
+        # Checks read through one pipelined connection (cds.results.redis_wire) where it
+        # serves the URL; Cluster and TLS read through redis-py.
+        self._pipe: PipelinedRedis | None = None
+        self._reader: Any = None
+        if not self._cluster and wire_supports(url):
+            self._pipe = PipelinedRedis(
+                url, connect_timeout_s=connect_timeout_s, timeout_s=read_timeout_s
+            )
+        else:
+            self._reader = self._client(url, connect_timeout_s, read_timeout_s)
         self._writer = self._client(url, max(connect_timeout_s, 0.5), write_timeout_s)
         self._put_sha = ""
         self._withdraw_sha = ""
@@ -309,7 +326,10 @@ class RedisResultStore:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=3.0)
         self._tasks = []
-        await self._reader.aclose()
+        if self._pipe is not None:
+            await self._pipe.aclose()
+        if self._reader is not None:
+            await self._reader.aclose()
         await self._writer.aclose()
 
     # -- near-cache -----------------------------------------------------------------------
@@ -478,10 +498,14 @@ class RedisResultStore:
             if cached is not None and cached[1] > self._clock() * _US_PER_S:
                 return cached[0]
         epoch = self._epoch
-        try:
-            raw = await self._reader.hgetall(self._key(patient_id))
-        except (RedisError, OSError) as exc:
-            raise ResultsUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+        pipe = self._pipe
+        if pipe is not None:  # raises ResultsUnavailable itself
+            raw = await pipe.hgetall(self._key(patient_id))
+        else:
+            try:
+                raw = await self._reader.hgetall(self._key(patient_id))
+            except (RedisError, OSError) as exc:
+                raise ResultsUnavailable(f"redis read failed: {type(exc).__name__}") from exc
         results, earliest_us, expired = _decode(raw, int(self._clock() * _US_PER_S))
         if expired:
             self._to_prune.add(patient_id)
