@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -179,7 +180,7 @@ class CdsServer:
         decision_log = config.decision_log
         if role is None:
             state = CatalogState.load(config.catalog, metrics=metrics)
-            metrics.results_cached.set_function(store.cached_count)
+            metrics.watch_cached(store.cached_count)
         else:
             content = role.catalog_content
             snapshot = build(config.catalog, lambda path: parse_catalog(content, source=path))
@@ -273,6 +274,7 @@ class CdsServer:
                 "results store %s not reachable yet: checks degrade until it is",
                 _redacted(self.config.results),
             )
+        self.metrics.attach(asyncio.get_running_loop())
         if self.role is None:
             host, port = split_host_port(self.config.metrics_listen)
             self._httpd, _ = start_http_server(port, host, registry=self.metrics.registry)
@@ -280,6 +282,12 @@ class CdsServer:
         else:  # the parent serves every worker's metrics
             self.spawn(self._publish_results_count())
         await self.server.start()
+        # What start-up built (modules, the catalogue, the engine: ~100k objects) lives
+        # as long as the process: out of the collector's sight, a full collection walks
+        # only what was made since (cached results and remembered decisions are kept
+        # untracked by design). Collected first so no start-up garbage is frozen.
+        gc.collect()
+        gc.freeze()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 

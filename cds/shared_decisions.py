@@ -204,17 +204,17 @@ class SharedDecisionMemory(DecisionMemory):
     def remember(
         self, decision_id: str, order: Order, evaluation: Evaluation, catalog_version: str
     ) -> None:
-        remembered = Remembered(
-            order.patient_id,
-            order.clinician_id,
-            order.institution_id,
-            order.department_id,
-            catalog_version,
-            evaluation,
-        )
-        self._decisions[decision_id] = remembered
+        super().remember(decision_id, order, evaluation, catalog_version)
         loop = self._loop
         if loop is not None and _worth_sharing(evaluation):
+            remembered = Remembered(
+                order.patient_id,
+                order.clinician_id,
+                order.institution_id,
+                order.department_id,
+                catalog_version,
+                evaluation,
+            )
             if len(self._pending) < MAX_PENDING:
                 self._pending.append((decision_id, remembered))
                 if not self._scheduled:  # one write per event-loop tick, after this check
@@ -224,7 +224,7 @@ class SharedDecisionMemory(DecisionMemory):
                 self.unshared += 1
 
     async def lookup(self, decision_id: str) -> Remembered | None:
-        local = self._decisions.get(decision_id)
+        local = self.recall(decision_id)
         if local is not None:
             return local
         key = self._prefix + decision_id

@@ -14,7 +14,7 @@ from cds.domain import (
 )
 from cds.service.convert import (
     ResponseBuilder,
-    order_from_proto,
+    checked_order,
     refs_from_withdraw,
     rows_from_results,
     timestamp_us,
@@ -29,12 +29,12 @@ DAY_US = 86_400_000_000
 
 
 def test_unset_order_time_is_the_servers_clock():
-    order = order_from_proto(check_request(), NOW_US)
+    order = checked_order(check_request(), NOW_US)
     assert order.order_time_us == NOW_US
 
 
 def test_order_time_keeps_microseconds():
-    order = order_from_proto(check_request(order_time_us=1_700_000_000_654_321), NOW_US)
+    order = checked_order(check_request(order_time_us=1_700_000_000_654_321), NOW_US)
     assert order.order_time_us == 1_700_000_000_654_321
 
 
@@ -63,7 +63,7 @@ def test_order_fields_are_carried_over():
     )
     request.patient.first_oncology_visit = True
     request.patient.mdt_record_id = "MDT1"
-    order = order_from_proto(request, NOW_US)
+    order = checked_order(request, NOW_US)
     assert order.patient_id == "P7"
     assert order.institution_id == "H2"
     assert order.request_id == "req"
@@ -84,7 +84,7 @@ def test_order_fields_are_carried_over():
 
 def test_enum_numbers_unknown_to_this_server_become_unspecified():
     request = check_request(item("1", "K", category=42), encounter_type=17)
-    order = order_from_proto(request, NOW_US)
+    order = checked_order(request, NOW_US)
     assert order.encounter_type is EncounterType.UNSPECIFIED
     assert order.items[0].category is ItemCategory.UNSPECIFIED
 
@@ -143,6 +143,26 @@ def test_response_carries_every_field_of_the_evaluation():
         "doc",
     )
     assert len(response.items[2].reasons) == 0
+
+
+def test_reasons_sharing_a_template_keep_their_own_message_and_prior_results():
+    builder = ResponseBuilder()
+    other_prior = PriorResult("R2", "H2", "K", 1_600_000_000_000_001, 1_600_000_000_000_002)
+    other = WITH_PRIOR._replace(message="另一条", prior_results=(other_prior, PRIOR))
+    first = builder.response("d-1", "v", _evaluation(), ())
+    second = builder.response(
+        "d-2",
+        "v",
+        Evaluation(Decision.WARN, (ItemDecision("1", "K", Decision.WARN, (other,)),)),
+        (),
+    )
+    third = builder.response("d-1", "v", _evaluation(), ())
+    (reason,) = second.items[0].reasons
+    assert reason.message == "另一条"
+    assert [p.result_id for p in reason.prior_results] == ["R2", "R1"]
+    assert timestamp_us(reason.prior_results[0].reported_at) == other_prior.reported_at_us
+    assert len(reason.override_options) == 1
+    assert first == third
 
 
 def test_reasons_without_prior_results_are_built_once():

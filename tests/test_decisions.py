@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from cds.decisions import (
     DecisionIds,
     DecisionMemory,
@@ -16,6 +18,7 @@ from cds.domain import (
     ItemDecision,
     Order,
     OverrideOption,
+    PriorResult,
     Reason,
 )
 
@@ -94,6 +97,30 @@ def test_the_bound_drops_the_oldest_decision_first():
     assert len(memory) == 3
     assert memory.recall("d0") is None
     assert all(memory.recall(f"d{i}") is not None for i in (1, 2, 3))
+
+
+def test_a_recalled_decision_equals_the_one_answered_prior_results_and_all():
+    prior = PriorResult("R1", "H2", "K", 10, 20)
+    reason = Reason("RECOGNIZABLE_RESULT_EXISTS", Decision.WARN, "m", (prior,), (OPT_A,), "src")
+    evaluation = Evaluation(Decision.WARN, (ItemDecision("1", "K", Decision.WARN, (reason,)),))
+    memory = DecisionMemory()
+    memory.remember("d1", _order(), evaluation, "v")
+    remembered = memory.recall("d1")
+    assert remembered is not None
+    assert remembered.evaluation == evaluation
+    assert remembered.evaluation.items[0].reasons[0].decision is Decision.WARN
+
+
+def test_remembered_decisions_add_nothing_for_the_garbage_collector_to_walk():
+    """A full collection must not walk the last hundred thousand decisions."""
+    memory = DecisionMemory()
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(5_000):
+        memory.remember(f"d{i}", _order(f"P{i}"), EVALUATION, "v")
+    gc.collect()
+    assert len(memory) == 5_000
+    assert len(gc.get_objects()) - before < 50
 
 
 def test_offered_overrides_are_those_shown_on_the_line():

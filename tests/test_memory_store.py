@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from cds.domain import US_PER_DAY, US_PER_SECOND
-from cds.results import MemoryResultStore
+from cds.results import MemoryResultStore, memory
 from tests.support.stores import FakeClock, row
 
 HOUR = 3600 * US_PER_SECOND
@@ -113,17 +114,73 @@ def test_sweeping_a_patient_does_not_count_as_a_use() -> None:
     asyncio.run(scenario())
 
 
-def test_reads_hand_out_the_same_mapping_until_a_write_replaces_it() -> None:
+def test_a_reader_keeps_its_view_when_a_later_write_replaces_the_rows() -> None:
     async def scenario() -> None:
         clock = FakeClock()
         store = MemoryResultStore(max_results=10, clock=clock)
         await store.put_many(rows_for("p", 2, clock))
         first = await store.get_patient("p")
-        assert await store.get_patient("p") is first  # no copy per read
         await store.put_many([row("p", "new", reported_at_us=clock.now_us + 1,
                                   expires_at_us=clock.now_us + US_PER_DAY)])  # fmt: skip
         assert [r.result_id for r in first["K"]] == ["p-0", "p-1"]  # readers keep their view
         assert (await store.get_patient("p"))["K"][0].result_id == "new"
+
+    asyncio.run(scenario())
+
+
+def test_cached_rows_give_the_garbage_collector_nothing_to_walk() -> None:
+    """A million cached results must not make every full collection stall the loop.
+
+    The server freezes what start-up built (the store's own dicts among it); what the
+    collector would then walk is the tracked objects made since and what they refer to.
+    """
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=100_000, clock=clock)
+        rows = [
+            row(f"p{i % 3000}", f"r{i}", f"K{i % 7}", reported_at_us=clock.now_us - i,
+                expires_at_us=clock.now_us + (1 + i % 50) * HOUR)
+            for i in range(10_000)
+        ]  # fmt: skip
+        gc.collect()
+        gc.freeze()
+        try:
+            before = {id(o) for o in gc.get_objects()}
+            await store.put_many(rows)
+            await store.get_patient("p1")
+            del rows
+            gc.collect()
+            made = [o for o in gc.get_objects() if id(o) not in before]
+            assert store.cached_count() == 10_000
+            assert sum(len(gc.get_referents(o)) for o in made) < 100
+        finally:
+            gc.unfreeze()
+
+    asyncio.run(scenario())
+
+
+def test_codes_past_the_shared_table_are_kept_in_the_row_and_round_trip(monkeypatch) -> None:
+    monkeypatch.setattr(memory, "_MAX_CODES", 2)
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=10, clock=clock)
+        later = clock.now_us + US_PER_DAY
+        rows = [
+            row("p", "a", "K1", institution_id="H1", reported_at_us=3, expires_at_us=later),
+            row("p", "b", "血钾", institution_id="福建省立医院", reported_at_us=2,
+                expires_at_us=later, mark=False),
+            row("p", "c", "K1", institution_id="H2", reported_at_us=1, expires_at_us=later),
+        ]  # fmt: skip
+        await store.put_many(rows)
+        got = await store.get_patient("p")
+        assert dict(got) == {"K1": (rows[0].result, rows[2].result), "血钾": (rows[1].result,)}
+        await store.withdraw_many([("p", "a")])  # a rewrite decodes the inline codes too
+        assert dict(await store.get_patient("p")) == {
+            "K1": (rows[2].result,),
+            "血钾": (rows[1].result,),
+        }
 
     asyncio.run(scenario())
 

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cds.service.convert import order_from_proto
-from cds.service.validation import (
-    FUTURE_SKEW_US,
-    check_shape_error,
-    order_error,
-    result_error,
-)
+from cds.service.convert import checked_order
+from cds.service.validation import FUTURE_SKEW_US, InvalidRequest, result_error
 from cds.v1 import order_check_pb2
 from tests.support.protos import check_request, item
 
@@ -19,11 +14,12 @@ LONG = "x" * 129
 
 
 def request_error(request: order_check_pb2.CheckRequest) -> str | None:
-    """The two steps of the Check handler: counts on the proto, then the converted order."""
-    error = check_shape_error(request)
-    if error is None:
-        error = order_error(order_from_proto(request, NOW_US))
-    return error
+    """What the Check handler refuses the request with, or None."""
+    try:
+        checked_order(request, NOW_US)
+    except InvalidRequest as e:
+        return str(e)
+    return None
 
 
 def test_a_well_formed_request_passes():
@@ -81,6 +77,29 @@ def _without_items() -> order_check_pb2.CheckRequest:
     ids=lambda v: v if isinstance(v, str) else "",
 )
 def test_bad_request_names_the_field(request_, field):
+    error = request_error(request_)
+    assert error is not None
+    assert error.startswith(field)
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        # the order's own fields before any line, in the contract's order
+        (check_request(item(""), clinician_id=LONG), "clinician_id: longer"),
+        (check_request(item("1", ""), patient_id=""), "patient.patient_id: required"),
+        (check_request(institution_id="", patient_id=LONG), "institution_id: required"),
+        (check_request(item("1"), item(LONG), diagnosis_codes=(LONG,)), "patient.diagnosis"),
+        # lines in order, each line's fields in order, repeats last
+        (check_request(item("1", price_item_code=LONG), item("")), "items[0].price_item_code"),
+        (check_request(item("1"), item("1"), item("2", "")), "items[2].item_code: required"),
+        (check_request(item(LONG, "")), "items[0].item_code: required"),
+        (check_request(item("1"), item("2", LONG), item("1")), "items[1].item_code: longer"),
+        (check_request(*(item(str(i)) for i in range(101)), patient_id=""), "items: at most"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_of_several_problems_the_first_in_the_contracts_order_is_named(request_, field):
     error = request_error(request_)
     assert error is not None
     assert error.startswith(field)

@@ -1,34 +1,42 @@
-"""The embedded result store: one process's cache of recent results, on cachetools.
+"""The embedded result store: one process's cache of recent results, packed per patient.
 
 Why this shape:
 
-* One cache entry per patient, because a check reads exactly one patient and the
-  bound evicts whole patients. ``get_patient`` hands out the record's
-  ``item_code -> tuple`` dict as is: records are copy-on-write (a write builds a new
-  dict and new tuples), so a reader never sees a half-applied write and nothing is
-  copied on the read path.
-* The bound is in results, not patients: a cachetools ``LRUCache`` whose
-  ``getsizeof`` is the record's row count, so ``max_results`` caps memory whatever
-  the patients' mix, and the least recently used patients (read or written) go first.
+* One entry per patient, because a check reads exactly one patient and the bound evicts
+  whole patients. The entry is one immutable ``bytes`` record holding every row of the
+  patient (layout below). A write builds a new record and swaps it in, so a reader never
+  sees half of a write.
+* Why bytes and not tuples: issue 4 budgets 300 bytes of RSS per cached result, and the
+  garbage collector must not walk the cache. A row as a ``StoredResult`` costs ~180 bytes
+  (the tuple, the result id ``str``, the ``reported_at`` ``int``) plus per-patient
+  dict/tuple bookkeeping (measured ~450 B per result in all); packed, a row is 27 bytes
+  plus its result id, and a patient's record is one object. ``bytes`` are never tracked
+  by the cyclic garbage collector, so a million cached results add nothing to a
+  collection (as NamedTuple rows they were 2.6M tracked objects and each full collection
+  stalled the event loop for 0.3-0.7 s).
+* Item and institution codes are numbered through one table shared by all records (a
+  few thousand distinct codes in practice); decoded rows therefore share one ``str`` per
+  code. The table is capped (``_MAX_CODES``); beyond it a code is stored in the record
+  itself, so a feed of endless distinct codes costs memory per row, never a failure.
+* Reads decode the patient's record into ``item_code -> [StoredResult, ...]`` (newest
+  ``reported_at`` first): a few rows, about a microsecond per check.
+* The bound is in results, not patients: an ``OrderedDict`` in least-recently-used
+  order (a read or write is a use) plus a running row count; the least recently used
+  patients go first.
 * Expiry is exact per row: a record carries its earliest row expiry. A read or write
   that reaches a record past that instant drops its expired rows first, so no caller
-  ever sees an expired row. For memory, an hourly *expiry wheel* (bucket -> patient
-  ids, filed when a record's earliest expiry changes bucket) lets the store sweep
-  patients nobody reads: when an hour has passed, its patients are pruned (without
-  touching their LRU position). ``cached_count`` also prunes the current hour first,
-  so it is exact.
-* Why not ``TLRUCache``: measured on 300,000 patients, its per-key bookkeeping (an
-  ``_Item`` object, an expiry int and a heap slot per write, plus a second ordered
-  dict) costs ~250 bytes more per patient than ``LRUCache`` plus the wheel, and about
-  twice the CPU per write. Issue 4 budgets ~300 bytes RSS per cached result in total.
-* Memory per row is one ``StoredResult`` tuple whose item and institution codes are
-  ``sys.intern``-ed (thousands of rows share one code string), plus one pointer in its
-  item's tuple and one in the record. Expiries are kept as *retentions*
-  (``expires - reported``), interned too: rows of one item code share one retention
-  int, so a row's expiry costs a pointer, not an int object. The record is one flat
-  tuple ``(by_item, patient_id, earliest_expiry_us, retention_0, retention_1, ...)``
-  with retentions in the order of ``by_item``'s rows; ``patient_id`` is the cache's
-  own key object, so the wheel's references to it cost no second string.
+  ever sees an expired row. For memory, an hourly *expiry wheel* (bucket -> patient ids,
+  packed in a ``bytearray`` so the collector has nothing to walk) lets the store sweep
+  patients nobody reads: when an hour has passed, its patients are
+  pruned (without touching their LRU position). A record also carries the bucket it is
+  filed under: a write files the patient again only when its earliest expiry moves to
+  an *earlier* hour; a sweep that finds a patient not yet due files it under its own
+  hour. ``cached_count`` prunes the current hour first, so it is exact.
+
+Record layout (little-endian): ``earliest expiry µs (q), filed bucket (q), rows (I)``,
+then per row ``reported_at µs (q), expires_at µs (q), item code (I), institution (I),
+HR mark (?), result id length in characters (H)``, rows newest first, then the UTF-8 text
+of every row's result id (and of any code stored inline), in row order.
 
 Single-threaded by design (one asyncio loop per process); the ``async`` methods never
 await, so each runs atomically with respect to the others.
@@ -36,50 +44,45 @@ await, so each runs atomically with respect to the others.
 
 from __future__ import annotations
 
-import sys
+import struct
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-
-from cachetools import Cache, LRUCache
 
 from cds.domain import StoredResult
 from cds.results.base import EMPTY_RESULTS, PatientResults, StoredRow
 
-# (by_item, patient_id, earliest_expiry_us, retention_0, retention_1, ...).
-_Record = tuple
-_BY_ITEM, _PATIENT, _EARLIEST, _FIRST_RETENTION = 0, 1, 2, 3
-# One row while a record is being rebuilt: (result, retention).
-_Entry = tuple[StoredResult, int]
+_HEAD = struct.Struct("<qqI")
+_ROW = struct.Struct("<qqII?H")
+_HEAD_SIZE = _HEAD.size
+_ROW_SIZE = _ROW.size
+_pack_head = _HEAD.pack
+_pack_row = _ROW.pack
+_unpack_head = _HEAD.unpack_from
+
+# A code index with this bit set is no index: the code's text follows the result id, and
+# the low bits are its length in characters.
+_INLINE = 0x8000_0000
+_MAX_CODES = 1 << 20
 
 _US_PER_S = 1_000_000
 # An hour: few enough buckets over a retention span of months that the wheel costs
 # next to nothing, and a due row of an unread patient lingers at most this long.
 _BUCKET_US = 3600 * _US_PER_S
-# Distinct retentions are a handful per catalogue; the cap only guards against a caller
-# that passes arbitrary expiries (then rows simply keep their own int).
-_MAX_INTERNED_RETENTIONS = 4096
 
-_peek = Cache.__getitem__  # read without counting as a use (no LRU move)
-_replace_in_place = Cache.__setitem__  # update an existing key, LRU position unchanged
+# One row while a record is rebuilt: (reported_at_us, expires_at_us, item_code,
+# institution_id, recognition_mark), keyed by result id.
+_Entry = tuple[int, int, str, str, bool]
 
-
-def _row_count(record: _Record) -> int:
-    return len(record) - _FIRST_RETENTION
+_new_tuple = tuple.__new__
 
 
-def _entries(record: _Record) -> list[_Entry]:
-    """The record's rows with their retentions (the record's flat order)."""
-    groups = record[_BY_ITEM].values()
-    retentions = record[_FIRST_RETENTION:]
-    if len(retentions) == 1:
-        for group in groups:
-            return [(group[0], retentions[0])]
-    return list(zip([r for group in groups for r in group], retentions, strict=True))
+def _newest_first(item: tuple[str, _Entry]) -> tuple[int, str]:
+    return (item[1][0], item[0])
 
 
-def _newest_first(entry: _Entry) -> tuple[int, str]:
-    result = entry[0]
-    return (result.reported_at_us, result.result_id)
+def _result_newest(result: StoredResult) -> tuple[int, str]:
+    return (result[3], result[0])
 
 
 class MemoryResultStore:
@@ -90,12 +93,119 @@ class MemoryResultStore:
             raise ValueError("max_results must be at least 1")
         self._max_results = max_results
         self._clock = clock
-        self._patients: LRUCache[str, _Record] = LRUCache(max_results, getsizeof=_row_count)
-        self._retentions: dict[int, int] = {}
-        self._wheel: dict[int, list[str]] = {}
+        self._patients: OrderedDict[str, bytes] = OrderedDict()
+        self._rows = 0
+        self._codes: list[str] = []
+        self._code_index: dict[str, int] = {}
+        # bucket -> patient ids, each as a 2-byte length and its UTF-8 (see _file).
+        self._wheel: dict[int, bytearray] = {}
         self._next_sweep_us = 0
 
-    # -- time and expiry ---------------------------------------------------------------
+    # -- codes and records -------------------------------------------------------------
+
+    def _pack(self, items: list[tuple[str, _Entry]]) -> tuple[bytes, str, int]:
+        """``items`` packed: the row bytes, their text, the earliest expiry among them."""
+        index = self._code_index
+        rows: list[bytes] = []
+        text: list[str] = []
+        earliest = items[0][1][1]
+        for result_id, (reported, expires, item_code, institution_id, mark) in items:
+            text.append(result_id)
+            ci = index.get(item_code)
+            if ci is None:
+                ci = self._new_code(item_code, text)
+            ii = index.get(institution_id)
+            if ii is None:
+                ii = self._new_code(institution_id, text)
+            rows.append(_pack_row(reported, expires, ci, ii, mark, len(result_id)))
+            if expires < earliest:
+                earliest = expires
+        return b"".join(rows), "".join(text), earliest
+
+    def _new_code(self, code: str, text: list[str]) -> int:
+        if len(self._codes) < _MAX_CODES:
+            index = self._code_index[code] = len(self._codes)
+            self._codes.append(code)
+            return index
+        text.append(code)
+        return _INLINE | len(code)
+
+    def _encode(self, entries: dict[str, _Entry]) -> tuple[bytes, int]:
+        """The rows and text part of a record of ``entries`` (non-empty), its earliest expiry."""
+        items = list(entries.items())
+        if len(items) > self._max_results:  # one patient larger than the whole bound
+            items.sort(key=_newest_first, reverse=True)
+            del items[self._max_results :]
+        rows, text, earliest = self._pack(items)
+        return rows + text.encode(), earliest
+
+    def _decode_entries(self, record: bytes, now: int) -> dict[str, _Entry]:
+        """The record's rows still live at ``now``, by result id."""
+        n = _unpack_head(record)[2]
+        end = _HEAD_SIZE + n * _ROW_SIZE
+        text = record[end:].decode()
+        codes = self._codes
+        pos = 0
+        out: dict[str, _Entry] = {}
+        for reported, expires, ci, ii, mark, n_id in _ROW.iter_unpack(
+            memoryview(record)[_HEAD_SIZE:end]
+        ):
+            result_id = text[pos : pos + n_id]
+            pos += n_id
+            if ci & _INLINE:
+                item_code = text[pos : pos + (ci & ~_INLINE)]
+                pos += len(item_code)
+            else:
+                item_code = codes[ci]
+            if ii & _INLINE:
+                institution_id = text[pos : pos + (ii & ~_INLINE)]
+                pos += len(institution_id)
+            else:
+                institution_id = codes[ii]
+            if expires > now:
+                out[result_id] = (reported, expires, item_code, institution_id, mark)
+        return out
+
+    def _decode(self, record: bytes, n: int) -> dict[str, tuple[StoredResult, ...]]:
+        """The check's view: rows by item code, newest first."""
+        end = _HEAD_SIZE + n * _ROW_SIZE
+        text = record[end:].decode()
+        codes = self._codes
+        pos = 0
+        out: dict[str, tuple[StoredResult, ...]] = {}
+        several = False
+        for reported, _expires, ci, ii, mark, n_id in _ROW.iter_unpack(
+            memoryview(record)[_HEAD_SIZE:end]
+        ):
+            result_id = text[pos : pos + n_id]
+            pos += n_id
+            if ci & _INLINE:
+                item_code = text[pos : pos + (ci & ~_INLINE)]
+                pos += len(item_code)
+            else:
+                item_code = codes[ci]
+            if ii & _INLINE:
+                institution_id = text[pos : pos + (ii & ~_INLINE)]
+                pos += len(institution_id)
+            else:
+                institution_id = codes[ii]
+            result = _new_tuple(
+                StoredResult, (result_id, item_code, institution_id, reported, mark)
+            )
+            group = out.get(item_code)
+            if group is None:
+                out[item_code] = (result,)
+            else:
+                # Groups are a row or two: a tuple grown by concatenation beats a list.
+                out[item_code] = (*group, result)
+                several = True
+        if several:  # rows are kept in arrival order; a group of several is sorted here
+            for item_code, group in out.items():
+                if len(group) > 1:
+                    out[item_code] = tuple(sorted(group, key=_result_newest, reverse=True))
+        return out
+
+    # -- time, expiry and the bound ----------------------------------------------------
 
     def _tick(self) -> int:
         """The clock's now in µs, after sweeping wheel buckets that are wholly past."""
@@ -107,135 +217,174 @@ class MemoryResultStore:
             self._next_sweep_us = (current + 1) * _BUCKET_US
         return now
 
+    def _file(self, patient_id: str, bucket: int) -> None:
+        # Bytes, not a list of ids: a list is a container the collector walks, and the
+        # wheel holds an entry per patient and more (~0.5M ids: 15 ms per full
+        # collection); a bytearray is opaque to it, and smaller.
+        encoded = patient_id.encode()
+        entry = len(encoded).to_bytes(2, "little") + encoded
+        slot = self._wheel.get(bucket)
+        if slot is None:
+            self._wheel[bucket] = bytearray(entry)
+        else:
+            slot += entry
+
     def _sweep_bucket(self, bucket: int, now: int) -> None:
         keep: list[str] = []
-        for patient_id in self._wheel.pop(bucket):
-            try:
-                record = _peek(self._patients, patient_id)
-            except KeyError:
+        patients = self._patients
+        filed_ids = self._wheel.pop(bucket)
+        pos = 0
+        end = len(filed_ids)
+        while pos < end:
+            size = filed_ids[pos] | filed_ids[pos + 1] << 8
+            patient_id = filed_ids[pos + 2 : pos + 2 + size].decode()
+            pos += 2 + size
+            record = patients.get(patient_id)
+            if record is None:
                 continue  # evicted or emptied since it was filed
-            earliest = record[_EARLIEST]
+            earliest, filed, n = _unpack_head(record)
+            if filed != bucket:
+                continue  # filed again elsewhere since
             if earliest <= now:
-                self._prune(record, now, in_place=True)
+                # Pruned in place: a sweep is not a use, so the LRU position stays. This
+                # bucket is done, so the rest is filed afresh.
+                entries = self._decode_entries(record, now)
+                self._replace(patient_id, record, entries, move=False, refile=True)
             elif earliest // _BUCKET_US == bucket:
-                keep.append(patient_id)  # filed here and not due yet (current hour)
-        if keep:
-            self._wheel.setdefault(bucket, []).extend(keep)
+                keep.append(patient_id)  # due later this hour (the current one)
+            else:
+                later = earliest // _BUCKET_US
+                patients[patient_id] = _pack_head(earliest, later, n) + record[_HEAD_SIZE:]
+                self._file(patient_id, later)
+        for patient_id in keep:
+            self._file(patient_id, bucket)
 
-    def _prune(self, record: _Record, now: int, *, in_place: bool) -> None:
-        """Drop a record's expired rows; ``in_place`` keeps its LRU position (sweeps)."""
-        patient_id = record[_PATIENT]
-        live = [e for e in _entries(record) if e[0].reported_at_us + e[1] > now]
-        if not live:
-            del self._patients[patient_id]
-        elif in_place:
-            _replace_in_place(self._patients, patient_id, self._build(patient_id, live, None))
-        else:
-            self._patients[patient_id] = self._build(patient_id, live, None)
+    def _replace(
+        self,
+        patient_id: str,
+        old: bytes | None,
+        entries: dict[str, _Entry],
+        *,
+        move: bool,
+        refile: bool = False,
+    ) -> None:
+        """Store ``entries`` (all live) as the patient's record, or drop it when empty.
 
-    def _retention(self, value: int) -> int:
-        shared = self._retentions.get(value)
-        if shared is not None:
-            return shared
-        if len(self._retentions) < _MAX_INTERNED_RETENTIONS:
-            self._retentions[value] = value
-        return value
+        ``move``: the write is a use (to the LRU's recent end); ``refile``: the patient's
+        wheel entry is being consumed, file it again whatever its bucket.
+        """
+        if not entries:
+            if old is not None:
+                self._rows -= _unpack_head(old)[2]
+                del self._patients[patient_id]
+            return
+        body, earliest = self._encode(entries)
+        self._store(patient_id, old, body, earliest, min(len(entries), self._max_results),
+                    move=move, refile=refile)  # fmt: skip
 
-    # -- records -----------------------------------------------------------------------
-
-    def _build(self, patient_id: str, entries: list[_Entry], filed_bucket: int | None) -> _Record:
-        """The record of live rows (any order); files it in the wheel if its bucket moved."""
-        if len(entries) == 1:
-            result, retention = entries[0]
-            earliest = result.reported_at_us + retention
-            record: _Record = ({result.item_code: (result,)}, patient_id, earliest, retention)
-        else:
-            entries.sort(key=_newest_first, reverse=True)
-            if len(entries) > self._max_results:
-                del entries[self._max_results :]  # one patient larger than the whole bound
-            grouped: dict[str, list[_Entry]] = {}
-            for entry in entries:
-                group = grouped.get(entry[0].item_code)
-                if group is None:
-                    grouped[entry[0].item_code] = [entry]
-                else:
-                    group.append(entry)
-            earliest = min([e[0].reported_at_us + e[1] for e in entries])
-            record = (
-                {code: tuple([e[0] for e in group]) for code, group in grouped.items()},
-                patient_id,
-                earliest,
-                *[e[1] for group in grouped.values() for e in group],
-            )
+    def _store(
+        self,
+        patient_id: str,
+        old: bytes | None,
+        body: bytes,
+        earliest: int,
+        n: int,
+        *,
+        move: bool,
+        refile: bool = False,
+    ) -> None:
+        """Swap in the record ``body`` of ``n`` rows; file, count and bound it."""
+        patients = self._patients
         bucket = earliest // _BUCKET_US
-        if bucket != filed_bucket:
-            wheel_slot = self._wheel.get(bucket)
-            if wheel_slot is None:
-                self._wheel[bucket] = [patient_id]
-            else:
-                wheel_slot.append(patient_id)
-        return record
+        if old is None:
+            filed = -1
+        else:
+            _, filed, old_n = _unpack_head(old)
+            self._rows -= old_n
+        # Filed again only when due earlier than the hour it is filed under; a later
+        # due time is found by the sweep of that earlier hour, which files it anew.
+        if refile or filed == -1 or bucket < filed:
+            filed = bucket
+            self._file(patient_id, bucket)
+        patients[patient_id] = _pack_head(earliest, filed, n) + body
+        if move and old is not None:
+            patients.move_to_end(patient_id)
+        self._rows += n
+        while self._rows > self._max_results:
+            _, evicted = patients.popitem(last=False)
+            self._rows -= _unpack_head(evicted)[2]
 
-    def _live_record(self, patient_id: str, now: int) -> _Record | None:
-        """The patient's record without expired rows (a use, for the LRU order)."""
-        record = self._patients.get(patient_id)
-        if record is not None and record[_EARLIEST] <= now:
-            self._prune(record, now, in_place=False)
-            record = self._patients.get(patient_id)
-        return record
-
-    def _write(self, patient_id: str, old: _Record | None, entries: dict[str, _Entry]) -> None:
-        if entries:
-            if old is None:
-                self._patients[patient_id] = self._build(patient_id, list(entries.values()), None)
-            else:
-                key = old[_PATIENT]  # the cache's own key object, shared with the wheel
-                filed = old[_EARLIEST] // _BUCKET_US
-                self._patients[key] = self._build(key, list(entries.values()), filed)
-        elif old is not None:
-            del self._patients[patient_id]
+    def _append(self, patient_id: str, old: bytes, new: dict[str, _Entry], now: int) -> bool:
+        """Add rows of new result ids to a live record without unpacking it; False if
+        that is not possible (an upsert, a due row, the bound) and the caller must merge.
+        """
+        earliest, _filed, n = _unpack_head(old)
+        if earliest <= now or n + len(new) > self._max_results:
+            return False
+        end = _HEAD_SIZE + n * _ROW_SIZE
+        old_text = old[end:]
+        text = old_text.decode()
+        for result_id in new:
+            if result_id in text:  # maybe present (or a substring of another id)
+                return False
+        rows, new_text, new_earliest = self._pack(list(new.items()))
+        body = old[_HEAD_SIZE:end] + rows + old_text + new_text.encode()
+        self._store(patient_id, old, body, min(earliest, new_earliest), n + len(new), move=True)
+        return True
 
     # -- the ResultStore interface -----------------------------------------------------
 
     async def get_patient(self, patient_id: str) -> PatientResults:
         now = self._tick()
-        try:
-            record = self._patients[patient_id]
-        except KeyError:
+        patients = self._patients
+        record = patients.get(patient_id)
+        if record is None:
             return EMPTY_RESULTS
-        if record[_EARLIEST] <= now:
-            self._prune(record, now, in_place=False)
-            record = self._patients.get(patient_id)
+        earliest, _filed, n = _unpack_head(record)
+        if earliest <= now:
+            self._replace(patient_id, record, self._decode_entries(record, now), move=True)
+            record = patients.get(patient_id)
             if record is None:
                 return EMPTY_RESULTS
-        return record[_BY_ITEM]
+            n = _unpack_head(record)[2]
+        else:
+            patients.move_to_end(patient_id)
+        return self._decode(record, n)
 
     async def put_many(self, rows: Sequence[StoredRow]) -> None:
         now = self._tick()
-        intern = sys.intern
         by_patient: dict[str, list[StoredRow]] = {}
-        for row in rows:
-            pending = by_patient.get(row.patient_id)
+        for r in rows:
+            pending = by_patient.get(r[0])
             if pending is None:
-                by_patient[row.patient_id] = [row]
+                by_patient[r[0]] = [r]
             else:
-                pending.append(row)
+                pending.append(r)
+        patients = self._patients
         for patient_id, patient_rows in by_patient.items():
-            old = self._live_record(patient_id, now)
-            entries = {} if old is None else {e[0].result_id: e for e in _entries(old)}
+            new: dict[str, _Entry] = {}
+            expired: list[str] = []
             for _patient, r, expires_at_us in patient_rows:
+                result_id = r[0]
                 if expires_at_us <= now:
-                    entries.pop(r.result_id, None)  # replaced by nothing: not kept
-                    continue
-                compact = StoredResult(
-                    r.result_id,
-                    intern(r.item_code),
-                    intern(r.institution_id),
-                    r.reported_at_us,
-                    bool(r.recognition_mark),
-                )
-                entries[r.result_id] = (compact, self._retention(expires_at_us - r.reported_at_us))
-            self._write(patient_id, old, entries)
+                    new.pop(result_id, None)  # replaced by nothing: not kept
+                    expired.append(result_id)
+                else:
+                    new[result_id] = (r[3], expires_at_us, r[1], r[2], bool(r[4]))
+            old = patients.get(patient_id)
+            if old is None:
+                if new:
+                    body, earliest = self._encode(new)
+                    self._store(patient_id, None, body, earliest,
+                                min(len(new), self._max_results), move=True)  # fmt: skip
+                continue
+            if not expired and new and self._append(patient_id, old, new, now):
+                continue
+            entries = self._decode_entries(old, now)
+            for result_id in expired:
+                entries.pop(result_id, None)
+            entries.update(new)
+            self._replace(patient_id, old, entries, move=True)
 
     async def withdraw_many(self, refs: Sequence[tuple[str, str]]) -> int:
         now = self._tick()
@@ -244,16 +393,18 @@ class MemoryResultStore:
             by_patient.setdefault(patient_id, []).append(result_id)
         withdrawn = 0
         for patient_id, result_ids in by_patient.items():
-            old = self._live_record(patient_id, now)
+            old = self._patients.get(patient_id)
             if old is None:
                 continue
-            entries = {e[0].result_id: e for e in _entries(old)}
-            before = len(entries)
+            entries = self._decode_entries(old, now)
+            live = len(entries)
             for result_id in result_ids:
                 entries.pop(result_id, None)
-            if len(entries) != before:
-                withdrawn += before - len(entries)
-                self._write(patient_id, old, entries)
+            withdrawn += live - len(entries)
+            if len(entries) != _unpack_head(old)[2]:  # withdrawn or expired rows
+                self._replace(patient_id, old, entries, move=True)
+            else:
+                self._patients.move_to_end(patient_id)
         return withdrawn
 
     def cached_count(self) -> int:
@@ -262,8 +413,9 @@ class MemoryResultStore:
         current = now // _BUCKET_US
         if current in self._wheel:
             self._sweep_bucket(current, now)
-        return self._patients.currsize
+        return self._rows
 
     async def close(self) -> None:
         self._patients.clear()
         self._wheel.clear()
+        self._rows = 0

@@ -27,9 +27,9 @@ from cds.decisions import (
 from cds.domain import Decision, FeedbackOutcome
 from cds.metrics import Metrics
 from cds.results.base import EMPTY_RESULTS, ResultStore, ResultsUnavailable
-from cds.service.convert import ResponseBuilder, order_from_proto
+from cds.service.convert import ResponseBuilder, checked_order
 from cds.service.rpc import RpcFailure, invalid_argument
-from cds.service.validation import MAX_STRING, check_shape_error, order_error
+from cds.service.validation import MAX_STRING, InvalidRequest
 from cds.state import CatalogState
 from cds.tls import deadline_cap
 from cds.v1 import order_check_pb2
@@ -71,12 +71,10 @@ class OrderCheck:
         self, request: order_check_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> order_check_pb2.CheckResponse:
         now_us = time.time_ns() // 1000
-        error = check_shape_error(request)
-        if error is None:
-            order = order_from_proto(request, now_us)
-            error = order_error(order)
-        if error is not None:
-            raise invalid_argument(error)
+        try:
+            order = checked_order(request, now_us)
+        except InvalidRequest as e:
+            raise invalid_argument(str(e)) from None
         active = self._state.active  # read once: this call sees one catalogue to its end
         # No per-call asyncio.timeout here: the in-process store never suspends, and a
         # store that can stall (Redis) bounds its own calls and raises one of these.

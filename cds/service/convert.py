@@ -26,7 +26,17 @@ from cds.domain import (
     StoredResult,
 )
 from cds.results.base import StoredRow
-from cds.service.validation import MAX_RESULT_ERRORS, result_error
+from cds.service.validation import (
+    FUTURE_SKEW_US,
+    MAX_RESULT_ERRORS,
+    MAX_STRING,
+    InvalidRequest,
+    item_error,
+    order_string_error,
+    repeated_line_error,
+    result_error,
+    shape_error,
+)
 from cds.v1 import order_check_pb2, result_feed_pb2, types_pb2
 
 _CATEGORY: dict[int, ItemCategory] = {c.value: c for c in ItemCategory}
@@ -34,6 +44,7 @@ _ENCOUNTER: dict[int, EncounterType] = {e.value: e for e in EncounterType}
 _UNSPECIFIED_CATEGORY = ItemCategory.UNSPECIFIED
 _UNSPECIFIED_ENCOUNTER = EncounterType.UNSPECIFIED
 _NS_PER_US = 1000
+_new_tuple = tuple.__new__  # a NamedTuple built at C speed (same type, same fields)
 
 # Reason protos are cached by value; a catalogue with dynamic messages could grow the
 # cache without bound, so it is simply emptied when it reaches this size.
@@ -49,40 +60,101 @@ def us_timestamp(us: int) -> Timestamp:
     return Timestamp(seconds=seconds, nanos=rest * _NS_PER_US)
 
 
-def order_from_proto(request: order_check_pb2.CheckRequest, now_us: int) -> Order:
-    """The domain order; an unset ``order_time`` means ``now_us`` (the server's clock)."""
+def checked_order(request: order_check_pb2.CheckRequest, now_us: int) -> Order:
+    """The domain order, or :class:`InvalidRequest` naming the first bad field.
+
+    One pass: each string is read out of the proto once (upb builds a new ``str`` per
+    access) and checked as it is read; an unset ``order_time`` means ``now_us``.
+    """
+    error = shape_error(request)
+    if error is not None:
+        raise InvalidRequest(error)
     patient = request.patient
+    patient_id = patient.patient_id
+    institution_id = request.institution_id
+    request_id = request.request_id
+    department_id = request.department_id
+    clinician_id = request.clinician_id
+    mdt_record_id = patient.mdt_record_id
+    diagnosis_codes = tuple(patient.diagnosis_codes)
     if request.HasField("order_time"):
         t = request.order_time
         order_time_us = t.seconds * US_PER_SECOND + t.nanos // _NS_PER_US
     else:
         order_time_us = now_us
     category = _CATEGORY.get
-    return Order(
-        request.request_id,
-        request.institution_id,
-        request.department_id,
-        request.clinician_id,
-        _ENCOUNTER.get(request.encounter_type, _UNSPECIFIED_ENCOUNTER),
-        patient.patient_id,
-        tuple(patient.diagnosis_codes),
-        patient.first_oncology_visit,
-        patient.mdt_record_id,
-        tuple(
-            [
-                OrderItem(
-                    i.line_id,
-                    i.item_code,
-                    category(i.category, _UNSPECIFIED_CATEGORY),
-                    i.price_item_code,
-                    i.sendout_lab_id,
+    unspecified = _UNSPECIFIED_CATEGORY
+    items = []
+    append = items.append
+    bad_line = False
+    for i in request.items:
+        line_id = i.line_id
+        item_code = i.item_code
+        price_item_code = i.price_item_code
+        sendout_lab_id = i.sendout_lab_id
+        append(
+            _new_tuple(
+                OrderItem,
+                (
+                    line_id,
+                    item_code,
+                    category(i.category, unspecified),
+                    price_item_code,
+                    sendout_lab_id,
                     i.consent_signed,
-                )
-                for i in request.items
-            ]
+                ),
+            )
+        )
+        if (
+            not line_id
+            or not item_code
+            or len(line_id) > MAX_STRING
+            or len(item_code) > MAX_STRING
+            or len(price_item_code) > MAX_STRING
+            or len(sendout_lab_id) > MAX_STRING
+        ):
+            bad_line = True
+    order = _new_tuple(
+        Order,
+        (
+            request_id,
+            institution_id,
+            department_id,
+            clinician_id,
+            _ENCOUNTER.get(request.encounter_type, _UNSPECIFIED_ENCOUNTER),
+            patient_id,
+            diagnosis_codes,
+            patient.first_oncology_visit,
+            mdt_record_id,
+            tuple(items),
+            order_time_us,
         ),
-        order_time_us,
     )
+    if (
+        not patient_id
+        or not institution_id
+        or len(patient_id) > MAX_STRING
+        or len(institution_id) > MAX_STRING
+        or len(request_id) > MAX_STRING
+        or len(department_id) > MAX_STRING
+        or len(clinician_id) > MAX_STRING
+        or len(mdt_record_id) > MAX_STRING
+        or (diagnosis_codes and max(map(len, diagnosis_codes)) > MAX_STRING)
+    ):
+        raise InvalidRequest(order_string_error(order))
+    if bad_line:
+        for index, item in enumerate(order.items):
+            longest = max(
+                len(item.line_id),
+                len(item.item_code),
+                len(item.price_item_code),
+                len(item.sendout_lab_id),
+            )
+            if not item.line_id or not item.item_code or longest > MAX_STRING:
+                raise InvalidRequest(item_error(index, item))
+    if len(items) > 1 and len({item[0] for item in items}) != len(items):
+        raise InvalidRequest(repeated_line_error(order.items))
+    return order
 
 
 def prior_result_proto(p: PriorResult) -> types_pb2.PriorResult:
@@ -113,22 +185,66 @@ def reason_proto(r: Reason) -> types_pb2.Reason:
 
 
 class ResponseBuilder:
-    """Builds CheckResponses, reusing the protos of reasons that carry no prior results."""
+    """Builds CheckResponses from prebuilt pieces.
 
-    __slots__ = ("_reasons",)
+    A reason without prior results is the same proto for every order that earns it:
+    built once, copied in. A reason with prior results differs only in its message and
+    its prior results: it is copied from a template with the rest (code, decision,
+    source, the catalogue's override options) and those two are filled in place.
+    Measured on a one-warning, three-line order: 9.0 -> 6.0 µs per response (serialized).
+    """
+
+    __slots__ = ("_reasons", "_templates")
 
     def __init__(self) -> None:
         self._reasons: dict[Reason, types_pb2.Reason] = {}
+        # (code, decision, source, id(override_options)) -> (override_options, template)
+        self._templates: dict[
+            tuple[str, int, str, int], tuple[tuple[OverrideOption, ...], types_pb2.Reason]
+        ] = {}
 
     def reason(self, r: Reason) -> types_pb2.Reason:
+        """The proto of ``r``: shared for a reason without prior results, else new."""
         if r.prior_results:
-            return reason_proto(r)
+            msg = types_pb2.Reason()
+            self._fill(msg, r)
+            return msg
         cached = self._reasons.get(r)
         if cached is None:
             if len(self._reasons) >= REASON_CACHE_MAX:
                 self._reasons.clear()
             cached = self._reasons[r] = reason_proto(r)
         return cached
+
+    def _fill(self, msg: types_pb2.Reason, r: Reason) -> None:
+        options = r.override_options
+        key = (r.code, r.decision, r.source, id(options))
+        entry = self._templates.get(key)
+        if entry is None or entry[0] is not options:
+            if len(self._templates) >= REASON_CACHE_MAX:
+                self._templates.clear()
+            template = types_pb2.Reason(
+                code=r.code,
+                decision=r.decision,
+                override_options=[override_option_proto(o) for o in options],
+                source=r.source,
+            )
+            entry = self._templates[key] = (options, template)  # keeps ``options`` alive
+        msg.CopyFrom(entry[1])
+        msg.message = r.message
+        add = msg.prior_results.add
+        for p in r.prior_results:
+            prior = add(
+                result_id=p.result_id, institution_id=p.institution_id, item_code=p.item_code
+            )
+            seconds, us = divmod(p.reported_at_us, US_PER_SECOND)
+            ts = prior.reported_at
+            ts.seconds = seconds
+            ts.nanos = us * _NS_PER_US
+            seconds, us = divmod(p.valid_until_us, US_PER_SECOND)
+            ts = prior.valid_until
+            ts.seconds = seconds
+            ts.nanos = us * _NS_PER_US
 
     def response(
         self,
@@ -143,11 +259,15 @@ class ResponseBuilder:
             decision_id=decision_id, decision=evaluation.decision, catalog_version=catalog_version
         )
         add = response.items.add
-        reason = self.reason
         for i in evaluation.items:
             line = add(line_id=i.line_id, item_code=i.item_code, decision=i.decision)
             if i.reasons:
-                line.reasons.extend([reason(r) for r in i.reasons])
+                protos = line.reasons
+                for r in i.reasons:
+                    if r.prior_results:
+                        self._fill(protos.add(), r)
+                    else:
+                        protos.append(self.reason(r))
         if degraded:
             response.degraded.extend(degraded)
         return response
@@ -164,30 +284,56 @@ def rows_from_results(
     active snapshot (``retention_us``).
     """
     rows: list[StoredRow] = []
+    append = rows.append
     errors: list[str] = []
     rejected = 0
-    for index, r in enumerate(results):
+    latest = now_us + FUTURE_SKEW_US
+    retention: dict[str, int] = {}  # per code, for this batch
+    index = -1
+    for r in results:
+        index += 1
         result_id = r.result_id
         patient_id = r.patient_id
         item_code = r.item_code
         institution_id = r.institution_id
-        reported_at_us = timestamp_us(r.reported_at) if r.HasField("reported_at") else None
-        error = result_error(
-            result_id, patient_id, item_code, institution_id, reported_at_us, now_us
-        )
-        if error is not None:
+        if r.HasField("reported_at"):
+            t = r.reported_at
+            reported_at_us: int | None = t.seconds * US_PER_SECOND + t.nanos // _NS_PER_US
+        else:
+            reported_at_us = None
+        if (
+            reported_at_us is None
+            or not result_id
+            or not patient_id
+            or not item_code
+            or not institution_id
+            or len(result_id) > MAX_STRING
+            or len(patient_id) > MAX_STRING
+            or len(item_code) > MAX_STRING
+            or len(institution_id) > MAX_STRING
+            or reported_at_us > latest
+        ):
             rejected += 1
             if len(errors) < MAX_RESULT_ERRORS:
+                error = result_error(
+                    result_id, patient_id, item_code, institution_id, reported_at_us, now_us
+                )
                 errors.append(f"results[{index}].{error}")
             continue
-        assert reported_at_us is not None
-        rows.append(
-            StoredRow(
-                patient_id,
-                StoredResult(
-                    result_id, item_code, institution_id, reported_at_us, r.recognition_mark
+        keep_us = retention.get(item_code)
+        if keep_us is None:
+            keep_us = retention[item_code] = retention_us(item_code)
+        append(
+            _new_tuple(
+                StoredRow,
+                (
+                    patient_id,
+                    _new_tuple(
+                        StoredResult,
+                        (result_id, item_code, institution_id, reported_at_us, r.recognition_mark),
+                    ),
+                    reported_at_us + keep_us,
                 ),
-                reported_at_us + retention_us(item_code),
             )
         )
     return rows, errors, rejected

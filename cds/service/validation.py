@@ -5,15 +5,16 @@ way the contract and the proto spell it (``patient.patient_id``, ``items[3].line
 so an integrator can fix the request from the status message alone. String formatting
 happens only once something is wrong: the valid path is comparisons and ``len``.
 
-The Check request is checked in two steps: :func:`check_shape_error` on the proto
-before conversion (counts only, so a huge request is refused before it is copied), then
-:func:`order_error` on the converted :class:`~cds.domain.Order`, whose strings were
-read out of the proto once.
+The Check request is checked while it is converted (``cds.service.convert.checked_order``):
+counts first (:func:`shape_error`, so a huge request is refused before it is copied),
+then each string as it is read out of the proto, once. The valid path only compares
+lengths; the functions here find and word the first problem, in the order the
+contract lists the fields, once there is one.
 """
 
 from __future__ import annotations
 
-from cds.domain import US_PER_SECOND, Order
+from cds.domain import US_PER_SECOND, Order, OrderItem
 from cds.v1 import order_check_pb2
 
 MAX_ITEMS = 100
@@ -27,8 +28,12 @@ FUTURE_SKEW_US = 5 * 60 * US_PER_SECOND
 _TOO_LONG = f": longer than {MAX_STRING} characters"
 
 
-def check_shape_error(request: order_check_pb2.CheckRequest) -> str | None:
-    """Counts that bound the rest of the work; checked before the request is converted."""
+class InvalidRequest(ValueError):
+    """The request is refused; the message is ``"<field>: <problem>"``."""
+
+
+def shape_error(request: order_check_pb2.CheckRequest) -> str | None:
+    """Counts that bound the rest of the work; checked before anything is copied."""
     n = len(request.items)
     if n == 0:
         return "items: at least one item is required"
@@ -40,54 +45,47 @@ def check_shape_error(request: order_check_pb2.CheckRequest) -> str | None:
     return None
 
 
-def order_error(order: Order) -> str | None:
-    """Required fields, unique line ids and string lengths of a converted order."""
+def order_string_error(order: Order) -> str:
+    """Which of the order's own strings is missing or too long (called once one is)."""
     if not order.patient_id:
         return "patient.patient_id: required"
     if not order.institution_id:
         return "institution_id: required"
-    if len(order.patient_id) > MAX_STRING:
-        return "patient.patient_id" + _TOO_LONG
-    if len(order.institution_id) > MAX_STRING:
-        return "institution_id" + _TOO_LONG
-    if len(order.request_id) > MAX_STRING:
-        return "request_id" + _TOO_LONG
-    if len(order.department_id) > MAX_STRING:
-        return "department_id" + _TOO_LONG
-    if len(order.clinician_id) > MAX_STRING:
-        return "clinician_id" + _TOO_LONG
-    if len(order.mdt_record_id) > MAX_STRING:
-        return "patient.mdt_record_id" + _TOO_LONG
+    for field, value in (
+        ("patient.patient_id", order.patient_id),
+        ("institution_id", order.institution_id),
+        ("request_id", order.request_id),
+        ("department_id", order.department_id),
+        ("clinician_id", order.clinician_id),
+        ("patient.mdt_record_id", order.mdt_record_id),
+    ):
+        if len(value) > MAX_STRING:
+            return field + _TOO_LONG
     for i, code in enumerate(order.diagnosis_codes):
         if len(code) > MAX_STRING:
             return f"patient.diagnosis_codes[{i}]" + _TOO_LONG
-    items = order.items
-    for i, item in enumerate(items):
-        if not item.line_id:
-            return f"items[{i}].line_id: required"
-        if not item.item_code:
-            return f"items[{i}].item_code: required"
-        if (
-            len(item.line_id) > MAX_STRING
-            or len(item.item_code) > MAX_STRING
-            or len(item.price_item_code) > MAX_STRING
-            or len(item.sendout_lab_id) > MAX_STRING
-        ):
-            return _item_string_error(i, item)
-    if len(items) > 1:
-        seen: dict[str, int] = {}
-        for i, item in enumerate(items):
-            first = seen.setdefault(item.line_id, i)
-            if first != i:
-                return f"items[{i}].line_id: repeats items[{first}].line_id"
-    return None
+    raise AssertionError("called without a bad string")  # pragma: no cover
 
 
-def _item_string_error(i: int, item: object) -> str:
+def item_error(i: int, item: OrderItem) -> str:
+    """What is wrong with line ``i`` (called once something is)."""
+    if not item.line_id:
+        return f"items[{i}].line_id: required"
+    if not item.item_code:
+        return f"items[{i}].item_code: required"
     for field in ("line_id", "item_code", "price_item_code", "sendout_lab_id"):
         if len(getattr(item, field)) > MAX_STRING:
             return f"items[{i}].{field}" + _TOO_LONG
-    raise AssertionError("called without a long string")  # pragma: no cover
+    raise AssertionError("called without a bad line")  # pragma: no cover
+
+
+def repeated_line_error(items: tuple[OrderItem, ...]) -> str:
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        first = seen.setdefault(item.line_id, i)
+        if first != i:
+            return f"items[{i}].line_id: repeats items[{first}].line_id"
+    raise AssertionError("called without a repeat")  # pragma: no cover
 
 
 def result_error(
