@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -25,6 +26,13 @@ NATIONAL_RECOGNITION_POLICY = (
 # NamedTuple constructors are Python-level functions; on the per-line path we build the
 # tuples with the C-level ``tuple.__new__`` instead (same type, same fields, ~3x cheaper).
 new_tuple = tuple.__new__
+
+
+@lru_cache(maxsize=65_536)
+def _day(zone: ZoneInfo, us: int) -> str:
+    # Cached: a prior result is cited on every check of its patient, and datetime's
+    # zone conversion and formatting cost ~1.1 us against ~0.07 us for the look-up.
+    return dt.datetime.fromtimestamp(us // US_PER_SECOND, zone).date().isoformat()
 
 
 def reported_at_key(prior: PriorResult) -> int:
@@ -70,7 +78,7 @@ class RuleContext(NamedTuple):
 
     def day(self, us: int) -> str:
         """A calendar date in the catalogue's zone, as clinicians read it."""
-        return dt.datetime.fromtimestamp(us // US_PER_SECOND, self.zone).date().isoformat()
+        return _day(self.zone, us)
 
     def institution_name(self, institution_id: str) -> str:
         return self.institution_names.get(institution_id) or institution_id

@@ -28,6 +28,8 @@ from cds.domain import (
 from cds.results.base import StoredRow
 from cds.service.validation import (
     FUTURE_SKEW_US,
+    MAX_DIAGNOSES,
+    MAX_ITEMS,
     MAX_RESULT_ERRORS,
     MAX_STRING,
     InvalidRequest,
@@ -66,17 +68,19 @@ def checked_order(request: order_check_pb2.CheckRequest, now_us: int) -> Order:
     One pass: each string is read out of the proto once (upb builds a new ``str`` per
     access) and checked as it is read; an unset ``order_time`` means ``now_us``.
     """
-    error = shape_error(request)
-    if error is not None:
-        raise InvalidRequest(error)
+    request_items = request.items
     patient = request.patient
+    diagnoses = patient.diagnosis_codes
+    n_items = len(request_items)
+    if not 0 < n_items <= MAX_ITEMS or len(diagnoses) > MAX_DIAGNOSES:
+        raise InvalidRequest(shape_error(n_items, len(diagnoses)))
     patient_id = patient.patient_id
     institution_id = request.institution_id
     request_id = request.request_id
     department_id = request.department_id
     clinician_id = request.clinician_id
     mdt_record_id = patient.mdt_record_id
-    diagnosis_codes = tuple(patient.diagnosis_codes)
+    diagnosis_codes = tuple(diagnoses)
     if request.HasField("order_time"):
         t = request.order_time
         order_time_us = t.seconds * US_PER_SECOND + t.nanos // _NS_PER_US
@@ -87,7 +91,7 @@ def checked_order(request: order_check_pb2.CheckRequest, now_us: int) -> Order:
     items = []
     append = items.append
     bad_line = False
-    for i in request.items:
+    for i in request_items:
         line_id = i.line_id
         item_code = i.item_code
         price_item_code = i.price_item_code
