@@ -47,7 +47,7 @@ from __future__ import annotations
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from cds.domain import StoredResult
 from cds.results.base import EMPTY_RESULTS, PatientResults, StoredRow
@@ -139,14 +139,16 @@ class MemoryResultStore:
         rows, text, earliest = self._pack(items)
         return rows + text.encode(), earliest
 
-    def _decode_entries(self, record: bytes, now: int) -> dict[str, _Entry]:
-        """The record's rows still live at ``now``, by result id."""
-        n = _unpack_head(record)[2]
+    def _unpack_rows(self, record: bytes, n: int) -> Iterator[tuple[str, str, str, int, int, bool]]:
+        """Unpack the first ``n`` rows: (result_id, item, institution, reported, expires, mark).
+
+        The one place that knows the packed layout, for both the check's view and the
+        writers' by-result-id view.
+        """
         end = _HEAD_SIZE + n * _ROW_SIZE
         text = record[end:].decode()
         codes = self._codes
         pos = 0
-        out: dict[str, _Entry] = {}
         for reported, expires, ci, ii, mark, n_id in _ROW.iter_unpack(
             memoryview(record)[_HEAD_SIZE:end]
         ):
@@ -162,33 +164,24 @@ class MemoryResultStore:
                 pos += len(institution_id)
             else:
                 institution_id = codes[ii]
-            if expires > now:
-                out[result_id] = (reported, expires, item_code, institution_id, mark)
-        return out
+            yield result_id, item_code, institution_id, reported, expires, mark
+
+    def _decode_entries(self, record: bytes, now: int) -> dict[str, _Entry]:
+        """The record's rows still live at ``now``, by result id."""
+        return {
+            result_id: (reported, expires, item_code, institution_id, mark)
+            for result_id, item_code, institution_id, reported, expires, mark in self._unpack_rows(
+                record, _unpack_head(record)[2]
+            )
+            if expires > now
+        }
 
     def _decode(self, record: bytes, n: int) -> dict[str, tuple[StoredResult, ...]]:
         """The check's view: rows by item code, newest first."""
-        end = _HEAD_SIZE + n * _ROW_SIZE
-        text = record[end:].decode()
-        codes = self._codes
-        pos = 0
         out: dict[str, tuple[StoredResult, ...]] = {}
         several = False
-        for reported, _expires, ci, ii, mark, n_id in _ROW.iter_unpack(
-            memoryview(record)[_HEAD_SIZE:end]
-        ):
-            result_id = text[pos : pos + n_id]
-            pos += n_id
-            if ci & _INLINE:
-                item_code = text[pos : pos + (ci & ~_INLINE)]
-                pos += len(item_code)
-            else:
-                item_code = codes[ci]
-            if ii & _INLINE:
-                institution_id = text[pos : pos + (ii & ~_INLINE)]
-                pos += len(institution_id)
-            else:
-                institution_id = codes[ii]
+        for row in self._unpack_rows(record, n):
+            result_id, item_code, institution_id, reported, _expires, mark = row
             result = _new_tuple(
                 StoredResult, (result_id, item_code, institution_id, reported, mark)
             )
