@@ -285,13 +285,17 @@ class DecisionRecorder(Protocol):
 
     def decision(
         self,
+        *,
         decision_id: str,
         order: Order,
         evaluation: Evaluation,
         catalog_version: str,
         degraded: Sequence[str],
         at_us: int,
-    ) -> None: ...
+    ) -> None:
+        """Keyword-only, exactly :meth:`cds.audit.DecisionLog.log_decision`, so the audit
+        recorder hands the Check path that method itself rather than a forwarder."""
+        ...
 
     async def feedback(self, record: FeedbackRecord) -> None: ...
 

@@ -25,6 +25,7 @@ class NoRecorder:
 
     def decision(
         self,
+        *,
         decision_id: str,
         order: Order,
         evaluation: Evaluation,
@@ -49,25 +50,8 @@ class AuditRecorder:
 
     def __init__(self, decision_log: DecisionLog) -> None:
         self._log = decision_log
-        self._log_decision = decision_log.log_decision
-
-    def decision(
-        self,
-        decision_id: str,
-        order: Order,
-        evaluation: Evaluation,
-        catalog_version: str,
-        degraded: Sequence[str],
-        at_us: int,
-    ) -> None:
-        self._log_decision(
-            decision_id=decision_id,
-            order=order,
-            evaluation=evaluation,
-            catalog_version=catalog_version,
-            degraded=degraded,
-            at_us=at_us,
-        )
+        # The Check path calls the log's own enqueue: one call per WARN/BLOCK, no forwarder.
+        self.decision = decision_log.log_decision
 
     async def feedback(self, record: FeedbackRecord) -> None:
         remembered = record.remembered

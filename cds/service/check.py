@@ -96,7 +96,14 @@ class OrderCheck:
             for reason in item.reasons:
                 reason_counters[reason.code].inc()
         if evaluation.decision > _ALLOW:
-            self._recorder.decision(decision_id, order, evaluation, version, degraded, now_us)
+            self._recorder.decision(
+                decision_id=decision_id,
+                order=order,
+                evaluation=evaluation,
+                catalog_version=version,
+                degraded=degraded,
+                at_us=now_us,
+            )
         return self._builder.response(decision_id, version, evaluation, degraded)
 
     async def submit_feedback(
