@@ -26,7 +26,7 @@ import grpc
 import grpc.aio
 import orjson
 
-from cds.auth import Authenticator, AuthInterceptor, Role, new_token, token_entry
+from cds.security.auth import Authenticator, AuthInterceptor, Role, new_token, token_entry
 from cds.v1 import order_check_pb2, order_check_pb2_grpc
 
 CHECK = "/cds.v1.OrderCheckService/Check"

@@ -89,25 +89,20 @@ def canned_response(size: int | None = None) -> bytes:
 def server_options() -> tuple[list[tuple[str, Any]], str]:
     """The channel options cds's own server uses, so both servers run the same stack.
 
-    Taken from ``cds.server`` when it exposes them (``SERVER_OPTIONS`` or
-    ``server_options()``); otherwise grpc's defaults, which is what a server without
-    options runs. The second value says which, for the results file.
+    Taken from ``cds.security.transport.server_options()``; otherwise grpc's defaults,
+    which is what a server without options runs. The second value says which, for the
+    results file.
     """
     try:
-        from cds import server as cds_server  # type: ignore[attr-defined]
+        from cds.security.transport import server_options as cds_server_options
     except ImportError:
-        return [], "grpc defaults (cds.server not importable)"
-    opts = getattr(cds_server, "SERVER_OPTIONS", None)
-    if opts is None and callable(getattr(cds_server, "server_options", None)):
-        opts = cds_server.server_options()
-    if opts is None:
-        return [], "grpc defaults (cds.server exposes no SERVER_OPTIONS)"
-    return list(opts), "cds.server options"
+        return [], "grpc defaults (cds.security.transport not importable)"
+    return list(cds_server_options()), "cds server options"
 
 
 def max_concurrent_rpcs() -> int | None:
     """cds's default cap on concurrent calls, if it has one, so overload behaves alike."""
-    for module in ("cds.server", "cds.tls"):
+    for module in ("cds.config",):
         try:
             mod = __import__(module, fromlist=["_"])
         except ImportError:

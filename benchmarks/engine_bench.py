@@ -32,7 +32,7 @@ from cds.domain import (
 
 
 def load_snapshot(path: Path) -> tuple[Any, str]:
-    from cds.catalog import load_catalog
+    from cds.catalog.load import load_catalog
 
     return load_catalog(path), "cds.catalog.load_catalog"
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=5_000)
     args = p.parse_args(argv)
-    from cds.engine import Engine
+    from cds.rules.engine import Engine
 
     snapshot, how = load_snapshot(args.catalog)
     cat = json.loads(args.catalog.read_text(encoding="utf-8"))

@@ -2,7 +2,7 @@
 are measured against the same machine state.
 
 Sections (``--only`` picks some, comma-separated; the default is all):
-  engine   Engine.evaluate alone, µs per order (needs cds.engine and cds.catalog)
+  engine   Engine.evaluate alone, µs per order (needs cds.rules.engine and cds.catalog)
   empty    the empty gRPC server: Python driver ceiling, h2load saturation, open-loop sweep
   service  cds serve: preload ≥1M results (ingest rate, RSS), h2load, the same sweep
   reload   a 10,000-entry catalogue reloaded during open-loop load (needs service)
@@ -160,12 +160,12 @@ def detect(env: Env) -> None:
         env.serve_flags = set(re.findall(r"--[a-z][a-z-]*", proc.stdout))
     else:
         f["service"] = "`python -m cds serve` is not there yet (core service not merged)"
-    has_engine = importlib.util.find_spec("cds.engine") is not None
+    has_engine = importlib.util.find_spec("cds.rules.engine") is not None
     has_catalog = importlib.util.find_spec("cds.catalog") is not None
     f["engine"] = (
         True
         if has_engine and has_catalog
-        else "cds.engine / cds.catalog not there yet (engine or catalogue not merged)"
+        else "cds.rules.engine / cds.catalog not there yet (engine or catalogue not merged)"
     )
     if f["service"] is not True:
         f["redis"] = f["service"]

@@ -19,7 +19,6 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from cds import security_cli
 from cds.config import (
     DEFAULT_DEADLINE_CAP_SECONDS,
     DEFAULT_DECISION_LOG,
@@ -35,6 +34,7 @@ from cds.config import (
     DEFAULT_WORKERS,
     ServeConfig,
 )
+from cds.security import cli as security_cli
 
 PUT_BATCH = 10_000
 ENV_SERVER = "CDS_SERVER"
@@ -287,17 +287,18 @@ def _serve(args: argparse.Namespace) -> int:
         decision_log_backups=args.decision_log_backups,
     )
     if config.workers > 1:
-        from cds.supervisor import supervise
+        from cds.runtime.supervisor import supervise
 
         return asyncio.run(supervise(config))
-    from cds.server import run
+    from cds.runtime.server import run
 
     return asyncio.run(run(config))
 
 
 def _catalog_validate(args: argparse.Namespace) -> int:
-    from cds.catalog import CatalogError, summarize
-    from cds.state import CatalogRefused, build
+    from cds.catalog.diff import summarize
+    from cds.catalog.load import CatalogError
+    from cds.rollout.state import CatalogRefused, build
 
     try:
         snapshot = build(args.path)

@@ -11,7 +11,7 @@ DEFAULT_MAX_RESULTS = 1_000_000
 DEFAULT_GRACE_SECONDS = 10.0
 DEFAULT_MAX_DECISIONS = 100_000
 DEFAULT_DECISION_TTL_SECONDS = 3600.0
-# Beyond this grpc.aio answers RESOURCE_EXHAUSTED at once instead of queueing (cds.tls).
+# Beyond this grpc.aio answers RESOURCE_EXHAUSTED at once instead of queueing.
 DEFAULT_MAX_CONCURRENT_RPCS = 1000
 # Relative to the working directory; `make run` keeps it under the git-ignored var/.
 DEFAULT_DECISION_LOG = "var/decisions.jsonl"
@@ -49,3 +49,21 @@ class ServeConfig:
     # Scale (issue 5): None = the in-process store; else a redis:// URL (cds.results.factory).
     results: str | None = None
     workers: int = DEFAULT_WORKERS
+
+
+def split_host_port(address: str, *, flag: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` into the unbracketed host and the port.
+
+    An empty host (``:50051``) means every interface, as gRPC reads it; the caller
+    decides whether that is allowed. ``flag`` names the setting in the error message.
+    """
+    if address.startswith("["):
+        host, sep, rest = address[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        if not sep or not port.isdigit():
+            raise ValueError(f"{flag} {address!r}: expected [IPV6]:PORT")
+        return host, int(port)
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{flag} {address!r}: expected HOST:PORT")
+    return host, int(port)

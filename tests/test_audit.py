@@ -14,13 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cds.audit import (
-    PSEUDONYM_HEX_CHARS,
-    DecisionLog,
-    Pseudonymizer,
-    PseudonymKeyError,
-    new_key_line,
-)
+from cds.decisions.log import DecisionLog
 from cds.domain import (
     Decision,
     EncounterType,
@@ -32,6 +26,12 @@ from cds.domain import (
     OrderItem,
     PriorResult,
     Reason,
+)
+from cds.security.pseudonyms import (
+    PSEUDONYM_HEX_CHARS,
+    Pseudonymizer,
+    PseudonymKeyError,
+    new_key_line,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +178,7 @@ def test_rotation_newest_key_signs_and_older_keys_still_find_a_patient(tmp_path:
 def test_without_a_key_file_a_per_process_key_is_used_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="cds.audit"):
+    with caplog.at_level(logging.WARNING, logger="cds.security.pseudonyms"):
         a = Pseudonymizer.from_config(None)
     b = Pseudonymizer.ephemeral()
     assert a.key_id.startswith("ephemeral-")
@@ -414,7 +414,8 @@ def test_rotation_by_size_keeps_exactly_backups_old_files(tmp_path: Path, keyfil
 CHILD = textwrap.dedent(
     """
     import asyncio, sys, time
-    from cds.audit import DecisionLog, Pseudonymizer
+    from cds.decisions.log import DecisionLog
+    from cds.security.pseudonyms import Pseudonymizer
     from cds.domain import FeedbackOutcome
 
     async def main():

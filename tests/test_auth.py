@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from cds.auth import (
+from cds.security.auth import (
     METHOD_ROLES,
     PERMISSION_DENIED_MESSAGE,
     UNAUTHENTICATED_MESSAGE,
@@ -29,7 +29,7 @@ from cds.auth import (
     new_token,
     token_entry,
 )
-from cds.tls import server_credentials
+from cds.security.transport import server_credentials
 from cds.v1 import (
     catalog_admin_pb2,
     catalog_admin_pb2_grpc,

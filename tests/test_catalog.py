@@ -14,16 +14,10 @@ import jsonschema
 import orjson
 import pytest
 
-from cds.catalog import (
-    CatalogError,
-    diff_snapshots,
-    load_catalog,
-    parse_catalog,
-    schema,
-    summarize,
-)
+from cds.catalog.diff import diff_snapshots, summarize
+from cds.catalog.load import CatalogError, load_catalog, parse_catalog, schema
+from cds.catalog.snapshot import Snapshot
 from cds.domain import US_PER_DAY, US_PER_SECOND, Decision, ItemCategory, ReasonCode
-from cds.snapshot import Snapshot
 from tests.support.big_catalog import big_catalog, big_catalog_bytes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,7 +131,7 @@ def test_shipped_catalogue_marks_invented_prices_as_examples() -> None:
 def test_repo_schema_path_is_the_packaged_schema_file() -> None:
     repo_schema = REPO / "catalog" / "schema.json"
     assert repo_schema.is_symlink()
-    assert os.path.samefile(repo_schema, REPO / "cds" / "catalog_schema.json")
+    assert os.path.samefile(repo_schema, REPO / "cds" / "catalog" / "schema.json")
     assert json.loads(repo_schema.read_text(encoding="utf-8")) == schema()
 
 

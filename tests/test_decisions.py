@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from cds.decisions import (
+from cds.decisions.memory import (
     DecisionIds,
     DecisionMemory,
     FeedbackKey,

@@ -14,11 +14,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cds.config import ServeConfig
+from cds.decisions.recorder import NoRecorder
 from cds.metrics import Metrics
-from cds.recorder import NoRecorder
 from cds.results.redis_store import RedisResultStore
-from cds.server import CdsServer
-from cds.state import CatalogState
+from cds.rollout.state import CatalogState
+from cds.runtime.server import CdsServer
 from cds.v1 import order_check_pb2_grpc, result_feed_pb2, result_feed_pb2_grpc, types_pb2
 from tests.support.protos import DAY_US, check_request, now_us, result
 from tests.support.redis_server import RedisServer, redis_server_fixture  # noqa: F401

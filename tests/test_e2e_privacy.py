@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
-from cds.auth import new_token, token_entry
+from cds.security.auth import new_token, token_entry
 from cds.v1 import catalog_admin_pb2, order_check_pb2, result_feed_pb2, types_pb2
 from tests.support.protos import DAY_US, check_request, item, now_us, result
 from tests.support.server import load_test_catalog, running_server

@@ -19,7 +19,12 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from cds.auth import PERMISSION_DENIED_MESSAGE, UNAUTHENTICATED_MESSAGE, new_token, token_entry
+from cds.security.auth import (
+    PERMISSION_DENIED_MESSAGE,
+    UNAUTHENTICATED_MESSAGE,
+    new_token,
+    token_entry,
+)
 from cds.v1 import catalog_admin_pb2, order_check_pb2, result_feed_pb2
 from tests.support.protos import check_request
 from tests.support.server import cds_command, running_server, server_env

@@ -264,7 +264,7 @@ def test_sigterm_drains_every_worker_and_the_parent_exits_0(workers):
             os.kill(pid, 0)
     log = workers.log_text()
     assert log.count("stopping: draining for up to") == 2  # each live worker drained
-    assert log.rstrip().endswith("cds.supervisor: stopped")
+    assert log.rstrip().endswith("cds.runtime.supervisor: stopped")
 
 
 # -- replicas on one Redis ---------------------------------------------------------------

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from cds.catalog.snapshot import Snapshot
 from cds.domain import (
     OVERRIDABLE_CODES,
     Decision,
     EncounterType,
     ReasonCode,
 )
-from cds.engine import Engine
-from cds.snapshot import Snapshot
+from cds.rules.engine import Engine
 from tests.support.snapshots import (
     CHEST_CT,
     DAY,

@@ -6,7 +6,8 @@ import asyncio
 import gc
 
 from cds.domain import US_PER_DAY, US_PER_SECOND
-from cds.results import MemoryResultStore, memory
+from cds.results import memory
+from cds.results.memory import MemoryResultStore
 from tests.support.stores import FakeClock, row
 
 HOUR = 3600 * US_PER_SECOND

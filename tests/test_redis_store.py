@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from cds.domain import US_PER_DAY, US_PER_SECOND, StoredResult
-from cds.results import RedisResultStore, ResultsUnavailable
-from cds.results.redis_store import _pack
+from cds.results.base import ResultsUnavailable
+from cds.results.redis_store import RedisResultStore, _pack
 from tests.support.redis_server import (  # noqa: F401  (fixtures)
     RedisCluster,
     RedisServer,

@@ -6,7 +6,7 @@ import pytest
 
 from cds.results.factory import check_results_url, open_store
 from cds.results.memory import MemoryResultStore
-from cds.server import worker_log_path
+from cds.runtime.server import worker_log_path
 
 
 def test_no_url_is_the_in_process_store():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cds.domain import Decision, ReasonCode
-from cds.engine import Engine
+from cds.rules.engine import Engine
 from tests.support.snapshots import (
     CHEST_CT,
     DAY,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from cds.domain import Decision, EncounterType, PriorResult, ReasonCode
-from cds.engine import Engine
-from cds.rules import NATIONAL_RECOGNITION_POLICY
+from cds.rules.common import NATIONAL_RECOGNITION_POLICY
+from cds.rules.engine import Engine
 from tests.support.snapshots import (
     CHEST_CT,
     DAY,

@@ -8,9 +8,9 @@ import stat
 
 import pytest
 
-from cds.audit import Pseudonymizer
-from cds.auth import Credentials, Role, hash_token
 from cds.cli import main
+from cds.security.auth import Credentials, Role, hash_token
+from cds.security.pseudonyms import Pseudonymizer
 
 
 def run(capsys, monkeypatch, *argv: str, stdin: str = "") -> tuple[int, str, str]:

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from cds.decisions import find_line, offered_overrides
+from cds.decisions.memory import find_line, offered_overrides
+from cds.decisions.shared import SharedDecisionMemory, decode, encode
 from cds.domain import (
     Decision,
     EncounterType,
@@ -19,7 +20,6 @@ from cds.domain import (
     Reason,
 )
 from cds.results.base import ResultsUnavailable
-from cds.shared_decisions import SharedDecisionMemory, decode, encode
 from tests.support.redis_server import redis_server_fixture  # noqa: F401
 from tests.support.stores import eventually
 
@@ -54,7 +54,7 @@ ALLOWED = Evaluation(Decision.ALLOW, (ItemDecision("1", "K", Decision.ALLOW, ())
 
 
 def test_the_record_keeps_what_feedback_needs():
-    from cds.decisions import Remembered
+    from cds.decisions.memory import Remembered
 
     back = decode(encode(Remembered("P1", "C1", "H1", "D1", "v7", WARNED)))
     assert back[:5] == ("P1", "C1", "H1", "D1", "v7")

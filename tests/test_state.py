@@ -9,7 +9,7 @@ import json
 import pytest
 
 from cds.metrics import Metrics
-from cds.state import CatalogRefused, CatalogState, errors_message
+from cds.rollout.state import CatalogRefused, CatalogState, errors_message
 from tests.support.server import load_test_catalog
 
 V1 = load_test_catalog()

@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from cds.domain import US_PER_DAY, US_PER_SECOND
-from cds.results import MemoryResultStore, RedisResultStore, ResultStore
+from cds.results.base import ResultStore
+from cds.results.memory import MemoryResultStore
+from cds.results.redis_store import RedisResultStore
 from tests.support.redis_server import redis_server_fixture  # noqa: F401
 from tests.support.stores import FakeClock, row
 

@@ -11,17 +11,16 @@ import grpc.aio
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cds.tls import (
+from cds.security.transport import (
     DEFAULT_MAX_RECEIVE_BYTES,
     TlsConfigError,
-    capped_timeout,
     check_listen_policy,
     check_metrics_listen,
-    deadline_cap,
     is_loopback,
     server_credentials,
     server_options,
 )
+from cds.service.rpc import capped_timeout, deadline_cap
 from cds.v1 import order_check_pb2, order_check_pb2_grpc, result_feed_pb2, types_pb2
 from tests.support.tls_certs import Authority
 

@@ -1,21 +1,6 @@
-"""Result stores: where the patient's recent results are cached for the rules to read."""
+"""Result stores: where the patient's recent results are kept for the rules to read.
 
-from cds.results.base import (
-    EMPTY_RESULTS,
-    PatientResults,
-    ResultStore,
-    ResultsUnavailable,
-    StoredRow,
-)
-from cds.results.memory import MemoryResultStore
-from cds.results.redis_store import RedisResultStore
-
-__all__ = [
-    "EMPTY_RESULTS",
-    "MemoryResultStore",
-    "PatientResults",
-    "RedisResultStore",
-    "ResultStore",
-    "ResultsUnavailable",
-    "StoredRow",
-]
+``base`` is the interface every store implements (and all the engine needs); ``memory``
+the in-process store, ``redis_store`` the shared one. Nothing is imported here, so a
+caller that needs only the interface does not load the Redis client.
+"""

@@ -14,8 +14,8 @@ from functools import lru_cache
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
+from cds.catalog.snapshot import Snapshot
 from cds.domain import US_PER_SECOND, Decision, OverrideOption, PriorResult
-from cds.snapshot import Snapshot
 
 # The national rule behind mutual recognition; cited when an item carries no source.
 NATIONAL_RECOGNITION_POLICY = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from cds.catalog.snapshot import GeneTest, SendoutLab
 from cds.domain import (
     US_PER_DAY,
     Order,
@@ -22,7 +23,6 @@ from cds.domain import (
 )
 from cds.rules.common import RuleContext, new_tuple, reported_at_key
 from cds.rules.sendout import SendoutRule
-from cds.snapshot import GeneTest, SendoutLab
 
 _NOT_IN_CATALOGUE = str(ReasonCode.GENE_TEST_NOT_IN_CATALOGUE)
 _NOT_PRICED = str(ReasonCode.GENE_TEST_NOT_PRICED)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cds.catalog.snapshot import RecognitionItem
 from cds.domain import EncounterType, Order, PriorResult, Reason, ReasonCode, StoredResult
 from cds.rules.common import (
     NATIONAL_RECOGNITION_POLICY,
@@ -18,7 +19,6 @@ from cds.rules.common import (
     new_tuple,
     reported_at_key,
 )
-from cds.snapshot import RecognitionItem
 
 _WARN = str(ReasonCode.RECOGNIZABLE_RESULT_EXISTS)
 _EXEMPT = str(ReasonCode.RECOGNITION_EXEMPT_EMERGENCY)

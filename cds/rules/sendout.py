@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from cds.catalog.snapshot import GeneTest, SendoutLab
 from cds.domain import Decision, Order, Reason, ReasonCode
 from cds.rules.common import RuleContext
-from cds.snapshot import GeneTest, SendoutLab
 
 _NOT_APPROVED = str(ReasonCode.SENDOUT_LAB_NOT_APPROVED)
 _EXPIRED = str(ReasonCode.SENDOUT_LAB_QUALIFICATION_EXPIRED)

@@ -1,4 +1,4 @@
-"""CatalogAdminService: hot reload and status, straight onto :class:`cds.state.CatalogState`."""
+"""CatalogAdminService: hot reload and status, onto :class:`cds.rollout.state.CatalogState`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from cds.rollout.state import CatalogRefused, CatalogState, ReloadOutcome, errors_message
 from cds.service.convert import us_timestamp
 from cds.service.rpc import RpcFailure
-from cds.state import CatalogRefused, CatalogState, ReloadOutcome, errors_message
 from cds.v1 import catalog_admin_pb2
 
 Reloader = Callable[[bool], Awaitable[ReloadOutcome]]
@@ -17,7 +17,7 @@ Reloader = Callable[[bool], Awaitable[ReloadOutcome]]
 class CatalogAdmin:
     def __init__(self, state: CatalogState, reload: Reloader | None = None) -> None:
         """``reload(dry_run)`` defaults to this process's state; a worker of several
-        passes one that has the parent reload every worker (cds.worker)."""
+        passes one that has the parent reload every worker (cds.runtime.worker)."""
         self._state = state
         self._reload: Reloader = reload or (lambda dry_run: state.reload(dry_run=dry_run))
 

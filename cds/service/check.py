@@ -15,23 +15,21 @@ import time
 import grpc
 
 from cds.config import DEFAULT_DEADLINE_CAP_SECONDS
-from cds.decisions import (
+from cds.decisions.memory import (
     DecisionIds,
     DecisionMemory,
-    DecisionRecorder,
     FeedbackKey,
-    FeedbackRecord,
     find_line,
     offered_overrides,
 )
+from cds.decisions.recorder import DecisionRecorder, FeedbackRecord
 from cds.domain import Decision, FeedbackOutcome
 from cds.metrics import Metrics
 from cds.results.base import EMPTY_RESULTS, ResultStore, ResultsUnavailable
+from cds.rollout.state import CatalogState
 from cds.service.convert import ResponseBuilder, checked_order
-from cds.service.rpc import RpcFailure, invalid_argument
+from cds.service.rpc import RpcFailure, deadline_cap, invalid_argument
 from cds.service.validation import MAX_STRING, InvalidRequest
-from cds.state import CatalogState
-from cds.tls import deadline_cap
 from cds.v1 import order_check_pb2
 
 log = logging.getLogger(__name__)

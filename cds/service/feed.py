@@ -16,11 +16,10 @@ import grpc
 from cds.config import DEFAULT_DEADLINE_CAP_SECONDS
 from cds.metrics import Metrics
 from cds.results.base import ResultStore, ResultsUnavailable
+from cds.rollout.state import CatalogState
 from cds.service.convert import refs_from_withdraw, rows_from_results
-from cds.service.rpc import RpcFailure, invalid_argument
+from cds.service.rpc import RpcFailure, deadline_cap, invalid_argument
 from cds.service.validation import MAX_RESULTS, MAX_WITHDRAWALS
-from cds.state import CatalogState
-from cds.tls import deadline_cap
 from cds.v1 import result_feed_pb2
 
 _UNAVAILABLE = "results store unavailable; retry the batch"

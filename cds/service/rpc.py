@@ -68,3 +68,30 @@ def instrumented(handler: Handler, m: RpcMetrics) -> Handler:
         return response
 
     return call
+
+
+def capped_timeout(time_remaining: float | None, cap_s: float) -> float:
+    """The budget a handler may spend: the client's remaining deadline, never above the cap.
+
+    ``None`` (the client set no deadline) gets the cap: a client cannot buy unbounded
+    server time by omitting its deadline.
+    """
+    if time_remaining is None:
+        return cap_s
+    return max(0.0, min(time_remaining, cap_s))
+
+
+def deadline_cap(context: grpc.aio.ServicerContext, cap_s: float) -> asyncio.Timeout:
+    """``async with deadline_cap(context, cap):`` around a handler's awaits.
+
+    gRPC enforces the client's own deadline only by cancelling the call when it expires;
+    it has no server-side maximum. This bounds the handler's work by
+    ``min(client deadline, cap)``; on expiry ``TimeoutError`` is raised (and
+    ``.expired()`` on the returned object tells the cap from a store's own timeout).
+    The service wraps the feed's store writes (``DEADLINE_EXCEEDED``) and feedback's
+    wait for the decision log (``UNAVAILABLE``, retry). Not ``Check``: its one await is
+    the store read, which the store bounds itself far tighter (the Redis read timeout),
+    so a timer per call on the hot path would buy nothing. Not pure CPU work either,
+    which a timeout cannot interrupt anyway.
+    """
+    return asyncio.timeout(capped_timeout(context.time_remaining(), cap_s))

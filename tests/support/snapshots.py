@@ -12,6 +12,15 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from zoneinfo import ZoneInfo
 
+from cds.catalog.snapshot import (
+    DEFAULT_TIMEZONE,
+    GeneTest,
+    Institution,
+    RecognitionItem,
+    SendoutLab,
+    Snapshot,
+    end_of_day_us,
+)
 from cds.domain import (
     US_PER_DAY,
     Decision,
@@ -23,15 +32,6 @@ from cds.domain import (
     StoredResult,
 )
 from cds.results.base import PatientResults
-from cds.snapshot import (
-    DEFAULT_TIMEZONE,
-    GeneTest,
-    Institution,
-    RecognitionItem,
-    SendoutLab,
-    Snapshot,
-    end_of_day_us,
-)
 
 ZONE = ZoneInfo(DEFAULT_TIMEZONE)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cds.audit import Pseudonymizer, PseudonymKeyError, new_key_line
-from cds.auth import AuthConfigError, Credentials, Role, hash_token, new_token, token_entry
+from cds.security.auth import AuthConfigError, Credentials, Role, hash_token, new_token, token_entry
+from cds.security.pseudonyms import Pseudonymizer, PseudonymKeyError, new_key_line
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

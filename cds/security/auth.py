@@ -92,12 +92,12 @@ def hash_token(token: str) -> str:
     """The ``sha256`` value to put in the tokens file for ``token``.
 
     Refuses short tokens: a fast hash protects only tokens that cannot be guessed.
-    Shell: ``python -c 'from cds.auth import *; t = new_token(); print(t, hash_token(t))'``.
+    Shell: ``cds auth new-token`` makes a token and its entry.
     """
     if len(token) < MIN_TOKEN_CHARS:
         raise ValueError(
             f"token has {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
-            f"random ones (cds.auth.new_token())"
+            f"random ones (cds auth new-token)"
         )
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 

@@ -8,7 +8,6 @@ needs both TLS (so tokens and patient data are not sent in the clear) and authen
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 from pathlib import Path
@@ -16,8 +15,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-# Re-exported: the benchmarks' empty server reads the cap from here to run like cds.
-from cds.config import DEFAULT_MAX_CONCURRENT_RPCS as DEFAULT_MAX_CONCURRENT_RPCS
+from cds.config import split_host_port
 
 # A contract-valid PutResults (10,000 results, every string at its 128-character limit)
 # is about 5.4 MB on the wire; 8 MiB admits it and refuses anything much larger before
@@ -49,7 +47,8 @@ def server_credentials(
     client_ca: str | os.PathLike[str] | None = None,
 ) -> grpc.ServerCredentials:
     """``--tls-cert``/``--tls-key``; with ``--tls-client-ca`` every client must present a
-    certificate signed by that CA (mutual TLS), whose subject ``cds.auth`` maps to a role."""
+    certificate signed by that CA (mutual TLS), whose subject ``cds.security.auth`` maps
+    to a role."""
     cert_pem = _read_pem(cert, "--tls-cert")
     key_pem = _read_pem(key, "--tls-key")
     if b"PRIVATE KEY-----" not in key_pem:
@@ -62,25 +61,12 @@ def server_credentials(
     )
 
 
-def split_host_port(listen: str) -> tuple[str, str]:
-    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); the host is unbracketed."""
-    if listen.startswith("["):
-        host, sep, rest = listen[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"--listen {listen!r}: expected [IPV6]:PORT")
-        return host, rest[1:]
-    host, sep, port = listen.rpartition(":")
-    if not sep:
-        raise ValueError(f"--listen {listen!r}: expected HOST:PORT")
-    return host, port
-
-
 def is_loopback(listen: str) -> bool:
     """True only when the address is certainly local: loopback IPs, ``localhost``, a
     Unix socket. Any other name counts as reachable, since it may resolve anywhere."""
     if listen.startswith(("unix:", "unix-abstract:")):
         return True
-    host, _ = split_host_port(listen)
+    host, _ = split_host_port(listen, flag="--listen")
     if host == "localhost":
         return True
     try:
@@ -147,30 +133,3 @@ def server_options(
         ("grpc.max_send_message_length", max_send_message_bytes),
         ("grpc.max_metadata_size", max_metadata_bytes),
     ]
-
-
-def capped_timeout(time_remaining: float | None, cap_s: float) -> float:
-    """The budget a handler may spend: the client's remaining deadline, never above the cap.
-
-    ``None`` (the client set no deadline) gets the cap: a client cannot buy unbounded
-    server time by omitting its deadline.
-    """
-    if time_remaining is None:
-        return cap_s
-    return max(0.0, min(time_remaining, cap_s))
-
-
-def deadline_cap(context: grpc.aio.ServicerContext, cap_s: float) -> asyncio.Timeout:
-    """``async with deadline_cap(context, cap):`` around a handler's awaits.
-
-    gRPC enforces the client's own deadline only by cancelling the call when it expires;
-    it has no server-side maximum. This bounds the handler's work by
-    ``min(client deadline, cap)``; on expiry ``TimeoutError`` is raised (and
-    ``.expired()`` on the returned object tells the cap from a store's own timeout).
-    The service wraps the feed's store writes (``DEADLINE_EXCEEDED``) and feedback's
-    wait for the decision log (``UNAVAILABLE``, retry). Not ``Check``: its one await is
-    the store read, which the store bounds itself far tighter (the Redis read timeout),
-    so a timer per call on the hot path would buy nothing. Not pure CPU work either,
-    which a timeout cannot interrupt anyway.
-    """
-    return asyncio.timeout(capped_timeout(context.time_remaining(), cap_s))

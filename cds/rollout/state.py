@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from cds.catalog import CatalogError, diff_snapshots, load_catalog, parse_catalog
-from cds.engine import Engine
+from cds.catalog.diff import diff_snapshots
+from cds.catalog.load import CatalogError, load_catalog, parse_catalog
+from cds.catalog.snapshot import Snapshot
 from cds.metrics import Metrics
-from cds.snapshot import Snapshot
+from cds.rules.engine import Engine
 
 log = logging.getLogger(__name__)
 

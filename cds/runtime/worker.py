@@ -1,6 +1,7 @@
-"""One worker of ``cds serve --workers N``: ``python -m cds.worker FD``, started by cds.supervisor.
+"""One worker of ``cds serve --workers N``: ``python -m cds.runtime.worker FD``,
+started by :mod:`cds.runtime.supervisor`.
 
-The worker is an ordinary :class:`~cds.server.CdsServer` with a :class:`WorkerRole`:
+The worker is an ordinary :class:`~cds.runtime.server.CdsServer` with a :class:`WorkerRole`:
 it binds the parent's port with SO_REUSEPORT, writes metrics to the shared
 multiprocess directory (the parent serves them), keeps its own decision log file,
 and turns a ``ReloadCatalog`` RPC into a request to the parent, which has every
@@ -24,11 +25,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from cds import control
-from cds.audit import Pseudonymizer
 from cds.config import ServeConfig
-from cds.server import CdsServer, WorkerRole
-from cds.state import CatalogRefused, ReloadOutcome
+from cds.rollout.state import CatalogRefused, ReloadOutcome
+from cds.runtime import control
+from cds.runtime.server import CdsServer, WorkerRole
+from cds.security.pseudonyms import Pseudonymizer
 
 log = logging.getLogger(__name__)
 

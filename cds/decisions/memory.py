@@ -25,8 +25,8 @@ import itertools
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from cachetools import TTLCache
 
@@ -34,7 +34,6 @@ from cds.config import DEFAULT_DECISION_TTL_SECONDS, DEFAULT_MAX_DECISIONS
 from cds.domain import (
     Decision,
     Evaluation,
-    FeedbackOutcome,
     ItemDecision,
     Order,
     OverrideOption,
@@ -232,7 +231,7 @@ class DecisionMemory:
 
     async def lookup(self, decision_id: str) -> Remembered | None:
         """What feedback uses: here :meth:`recall`; a shared memory also asks Redis
-        (cds.shared_decisions) and may raise ``ResultsUnavailable``."""
+        (cds.decisions.shared) and may raise ``ResultsUnavailable``."""
         return self.recall(decision_id)
 
     def __len__(self) -> int:
@@ -259,48 +258,3 @@ def find_line(remembered: Remembered, line_id: str) -> ItemDecision | None:
 def offered_overrides(line: ItemDecision) -> dict[str, OverrideOption]:
     """Override options the clinician was shown on this line, by code."""
     return {o.code: o for r in line.reasons for o in r.override_options}
-
-
-class FeedbackRecord(NamedTuple):
-    """One feedback, with what the log needs from the decision it answers."""
-
-    decision_id: str
-    line_id: str
-    outcome: FeedbackOutcome
-    override_code: str
-    comment: str
-    clinician_id: str
-    at_us: int
-    remembered: Remembered
-    line: ItemDecision
-
-
-class DecisionRecorder(Protocol):
-    """Where decisions and feedback go for supervision (the durable decision log).
-
-    ``decision`` is called on the Check path for WARN and BLOCK decisions and must not
-    block; ``feedback`` returns only once the record is durable, because the
-    clinician's override is acknowledged on that promise.
-    """
-
-    def decision(
-        self,
-        *,
-        decision_id: str,
-        order: Order,
-        evaluation: Evaluation,
-        catalog_version: str,
-        degraded: Sequence[str],
-        at_us: int,
-    ) -> None:
-        """Keyword-only, exactly :meth:`cds.audit.DecisionLog.log_decision`, so the audit
-        recorder hands the Check path that method itself rather than a forwarder."""
-        ...
-
-    async def feedback(self, record: FeedbackRecord) -> None: ...
-
-    def reload_keys(self, pseudonym_key: str) -> None:
-        """Re-read the pseudonym key file (rotation); raise and keep the old keys on error."""
-        ...
-
-    async def close(self) -> None: ...

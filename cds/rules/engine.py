@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from cds.catalog.snapshot import Snapshot
 from cds.domain import (
     Decision,
     Evaluation,
@@ -20,15 +21,10 @@ from cds.domain import (
     ReasonCode,
 )
 from cds.results.base import PatientResults
-from cds.rules import (
-    DuplicateRule,
-    GeneTestRule,
-    RecognitionRule,
-    RuleContext,
-    not_in_catalogue,
-)
-from cds.rules.common import new_tuple
-from cds.snapshot import Snapshot
+from cds.rules.common import RuleContext, new_tuple
+from cds.rules.duplicates import DuplicateRule
+from cds.rules.gene_tests import GeneTestRule, not_in_catalogue
+from cds.rules.recognition import RecognitionRule
 
 _ALLOW = Decision.ALLOW
 _GENE_TEST = ItemCategory.GENE_TEST

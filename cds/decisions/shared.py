@@ -47,7 +47,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from cds.config import DEFAULT_DECISION_TTL_SECONDS, DEFAULT_MAX_DECISIONS
-from cds.decisions import DecisionMemory, Remembered
+from cds.decisions.memory import DecisionMemory, Remembered
 from cds.domain import (
     Decision,
     Evaluation,

@@ -24,26 +24,26 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from cds.audit import Pseudonymizer
-from cds.auth import Authenticator, AuthInterceptor
-from cds.catalog import parse_catalog
-from cds.config import ServeConfig
-from cds.decisions import DecisionMemory, DecisionRecorder
+from cds.catalog.load import parse_catalog
+from cds.config import ServeConfig, split_host_port
+from cds.decisions.memory import DecisionMemory
+from cds.decisions.recorder import DecisionRecorder, open_recorder
 from cds.metrics import Metrics
-from cds.recorder import open_recorder
 from cds.results.base import ResultStore
 from cds.results.factory import open_store
-from cds.service.admin import CatalogAdmin, Reloader
-from cds.service.check import OrderCheck
-from cds.service.feed import ResultFeed
-from cds.service.rpc import Handler, instrumented
-from cds.state import CatalogRefused, CatalogState, build
-from cds.tls import (
+from cds.rollout.state import CatalogRefused, CatalogState, build
+from cds.security.auth import Authenticator, AuthInterceptor
+from cds.security.pseudonyms import Pseudonymizer
+from cds.security.transport import (
     check_listen_policy,
     check_metrics_listen,
     server_credentials,
     server_options,
 )
+from cds.service.admin import CatalogAdmin, Reloader
+from cds.service.check import OrderCheck
+from cds.service.feed import ResultFeed
+from cds.service.rpc import Handler, instrumented
 from cds.v1 import (
     catalog_admin_pb2,
     catalog_admin_pb2_grpc,
@@ -61,21 +61,13 @@ CATALOG_ADMIN = catalog_admin_pb2.DESCRIPTOR.services_by_name["CatalogAdminServi
 SERVICE_NAMES = (ORDER_CHECK, RESULT_FEED, CATALOG_ADMIN)
 
 
-def split_host_port(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` into its parts."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    return host.strip("[]"), int(port)
-
-
 # How often a worker of several publishes the store's count (a callback gauge cannot
 # cross processes; a mmap write a second costs nothing).
 RESULTS_COUNT_INTERVAL_S = 1.0
 
 
 class WorkerRole(NamedTuple):
-    """How one worker of ``cds serve --workers N`` differs from a lone server (cds.worker).
+    """How one worker of ``cds serve --workers N`` differs from a lone server (cds.runtime.worker).
 
     The parent read the catalogue file once and hands every worker the same bytes;
     it also hands out one pseudonym key (without a key file) so pseudonyms link across
@@ -98,7 +90,7 @@ def open_memory(config: ServeConfig) -> DecisionMemory:
     """Shared through Redis when results are (several workers/replicas), else local."""
     if config.results is None:
         return DecisionMemory(config.max_decisions, config.decision_ttl)
-    from cds.shared_decisions import SharedDecisionMemory
+    from cds.decisions.shared import SharedDecisionMemory
 
     return SharedDecisionMemory(config.results, config.max_decisions, config.decision_ttl)
 

@@ -3,7 +3,7 @@
 Shape, after gRPC's multiprocessing example: the parent creates no gRPC object at all.
 It validates the catalogue, binds the port with SO_REUSEPORT (kept bound, never
 listening, so the port stays ours while a worker restarts and ``:0`` resolves once),
-then starts each worker as a fresh interpreter (``python -m cds.worker``) that binds
+then starts each worker as a fresh interpreter (``python -m cds.runtime.worker``) that binds
 the same port with ``grpc.so_reuseport``. The kernel spreads *connections* over the
 workers; a channel stays on the worker it connected to.
 
@@ -54,13 +54,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from cds import control
-from cds.audit import MIN_KEY_BYTES
-from cds.catalog import parse_catalog
-from cds.config import ServeConfig
-from cds.server import _redacted, split_host_port
-from cds.state import CatalogRefused, build
-from cds.tls import check_listen_policy, check_metrics_listen
+from cds.catalog.load import parse_catalog
+from cds.config import ServeConfig, split_host_port
+from cds.rollout.state import CatalogRefused, build
+from cds.runtime import control
+from cds.runtime.server import _redacted
+from cds.security.pseudonyms import MIN_KEY_BYTES
+from cds.security.transport import check_listen_policy, check_metrics_listen
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class Supervisor:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "cds.worker",
+                    "cds.runtime.worker",
                     str(child_end.fileno()),
                     pass_fds=(child_end.fileno(),),
                     env=self.env,

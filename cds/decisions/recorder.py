@@ -1,8 +1,8 @@
-"""The one seam between the service and the durable decision log (:mod:`cds.audit`).
+"""The one seam between the service and the durable decision log (:mod:`cds.decisions.log`).
 
 The service hands over domain objects (the order and its evaluation, or a
-:class:`~cds.decisions.FeedbackRecord`); what goes into the log, and how patient and
-clinician are pseudonymised, is the audit module's business. ``--no-decision-log``
+:class:`FeedbackRecord`); what goes into the log, and how patient and clinician are
+pseudonymised, is the log's business. ``--no-decision-log``
 (or ``decision_log=None``) turns recording off, and start-up says so.
 """
 
@@ -10,14 +10,61 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
-from cds.audit import DecisionLog, Pseudonymizer
 from cds.config import DEFAULT_DECISION_LOG_BACKUPS, DEFAULT_DECISION_LOG_MAX_BYTES
-from cds.decisions import DecisionRecorder, FeedbackRecord
-from cds.domain import Evaluation, Order
+from cds.decisions.log import DecisionLog
+from cds.decisions.memory import Remembered
+from cds.domain import Evaluation, FeedbackOutcome, ItemDecision, Order
 from cds.metrics import Metrics
+from cds.security.pseudonyms import Pseudonymizer
 
 log = logging.getLogger(__name__)
+
+
+class FeedbackRecord(NamedTuple):
+    """One feedback, with what the log needs from the decision it answers."""
+
+    decision_id: str
+    line_id: str
+    outcome: FeedbackOutcome
+    override_code: str
+    comment: str
+    clinician_id: str
+    at_us: int
+    remembered: Remembered
+    line: ItemDecision
+
+
+class DecisionRecorder(Protocol):
+    """Where decisions and feedback go for supervision (the durable decision log).
+
+    ``decision`` is called on the Check path for WARN and BLOCK decisions and must not
+    block; ``feedback`` returns only once the record is durable, because the
+    clinician's override is acknowledged on that promise.
+    """
+
+    def decision(
+        self,
+        *,
+        decision_id: str,
+        order: Order,
+        evaluation: Evaluation,
+        catalog_version: str,
+        degraded: Sequence[str],
+        at_us: int,
+    ) -> None:
+        """Keyword-only, exactly :meth:`cds.decisions.log.DecisionLog.log_decision`, so the audit
+        recorder hands the Check path that method itself rather than a forwarder."""
+        ...
+
+    async def feedback(self, record: FeedbackRecord) -> None: ...
+
+    def reload_keys(self, pseudonym_key: str) -> None:
+        """Re-read the pseudonym key file (rotation); raise and keep the old keys on error."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class NoRecorder:
@@ -46,7 +93,7 @@ class NoRecorder:
 
 
 class AuditRecorder:
-    """Decisions and feedback into a started :class:`cds.audit.DecisionLog`."""
+    """Decisions and feedback into a started :class:`~cds.decisions.log.DecisionLog`."""
 
     def __init__(self, decision_log: DecisionLog) -> None:
         self._log = decision_log
