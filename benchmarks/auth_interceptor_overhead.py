@@ -27,6 +27,7 @@ import grpc.aio
 import orjson
 
 from cds.security.auth import Authenticator, AuthInterceptor, Role, new_token, token_entry
+from cds.service.rpcs import METHOD_ROLES
 from cds.v1 import order_check_pb2, order_check_pb2_grpc
 
 CHECK = "/cds.v1.OrderCheckService/Check"
@@ -50,7 +51,7 @@ async def serve(variant: str, auth_path: str) -> None:
     interceptors: list[Any] = {
         "none": [],
         "pass-through": [PassThrough()],
-        "auth": [AuthInterceptor(Authenticator(auth_path))],
+        "auth": [AuthInterceptor(Authenticator(auth_path), METHOD_ROLES)],
     }[variant]
     server = grpc.aio.server(interceptors=interceptors)
     order_check_pb2_grpc.add_OrderCheckServiceServicer_to_server(Trivial(), server)
@@ -124,7 +125,7 @@ async def main(calls: int) -> None:
             f"  | {statistics.median(wall[v]):6.1f} us | " + " ".join(f"{x:.0f}" for x in cpu[v])
         )
 
-    interceptor = AuthInterceptor(Authenticator(_write_tmp(entries)))
+    interceptor = AuthInterceptor(Authenticator(_write_tmp(entries)), METHOD_ROLES)
     handler = object()
 
     async def continuation(_: Any) -> Any:

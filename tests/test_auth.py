@@ -16,7 +16,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from cds.security.auth import (
-    METHOD_ROLES,
     PERMISSION_DENIED_MESSAGE,
     UNAUTHENTICATED_MESSAGE,
     AuthConfigError,
@@ -30,6 +29,7 @@ from cds.security.auth import (
     token_entry,
 )
 from cds.security.transport import server_credentials
+from cds.service.rpcs import METHOD_ROLES
 from cds.v1 import (
     catalog_admin_pb2,
     catalog_admin_pb2_grpc,
@@ -114,7 +114,7 @@ async def serve(
     authenticator: Authenticator | None,
     credentials: grpc.ServerCredentials | None = None,
 ) -> AsyncIterator[int]:
-    interceptors = [AuthInterceptor(authenticator)] if authenticator else []
+    interceptors = [AuthInterceptor(authenticator, METHOD_ROLES)] if authenticator else []
     server = grpc.aio.server(interceptors=interceptors)
     order_check_pb2_grpc.add_OrderCheckServiceServicer_to_server(OrderCheck(), server)
     result_feed_pb2_grpc.add_ResultFeedServiceServicer_to_server(ResultFeed(), server)

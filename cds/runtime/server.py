@@ -16,7 +16,6 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import grpc
@@ -43,22 +42,9 @@ from cds.security.transport import (
 from cds.service.admin import CatalogAdmin, Reloader
 from cds.service.check import OrderCheck
 from cds.service.feed import ResultFeed
-from cds.service.rpc import Handler, instrumented
-from cds.v1 import (
-    catalog_admin_pb2,
-    catalog_admin_pb2_grpc,
-    order_check_pb2,
-    order_check_pb2_grpc,
-    result_feed_pb2,
-    result_feed_pb2_grpc,
-)
+from cds.service.rpcs import METHOD_ROLES, SERVICE_NAMES, register
 
 log = logging.getLogger(__name__)
-
-ORDER_CHECK = order_check_pb2.DESCRIPTOR.services_by_name["OrderCheckService"].full_name
-RESULT_FEED = result_feed_pb2.DESCRIPTOR.services_by_name["ResultFeedService"].full_name
-CATALOG_ADMIN = catalog_admin_pb2.DESCRIPTOR.services_by_name["CatalogAdminService"].full_name
-SERVICE_NAMES = (ORDER_CHECK, RESULT_FEED, CATALOG_ADMIN)
 
 
 # How often a worker of several publishes the store's count (a callback gauge cannot
@@ -95,12 +81,6 @@ def open_memory(config: ServeConfig) -> DecisionMemory:
     return SharedDecisionMemory(config.results, config.max_decisions, config.decision_ttl)
 
 
-def _servicer(methods: dict[str, Handler]) -> Any:
-    # The generated add_*_to_server only reads the method attributes, so a namespace
-    # of instrumented callables is a complete servicer.
-    return SimpleNamespace(**methods)
-
-
 class CdsServer:
     """One running service: build with :meth:`create`, then :meth:`start` / :meth:`stop`."""
 
@@ -135,7 +115,9 @@ class CdsServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.authenticator = authenticator
         self._credentials = credentials
-        interceptors = [AuthInterceptor(authenticator)] if authenticator is not None else []
+        interceptors = (
+            [AuthInterceptor(authenticator, METHOD_ROLES)] if authenticator is not None else []
+        )
         self.server = grpc.aio.server(
             interceptors=interceptors,
             # One process owns the port: fail loudly if it is taken instead of sharing it.
@@ -200,48 +182,15 @@ class CdsServer:
         )
 
     def _register(self) -> None:
-        m = self.metrics.rpc
         cap = self.config.deadline_cap
-        check = OrderCheck(
-            self.state, self.store, self.memory, self.metrics, self.recorder, deadline_cap_s=cap
-        )
-        feed = ResultFeed(self.state, self.store, self.metrics, deadline_cap_s=cap)
-        admin = CatalogAdmin(self.state, self.role.reload if self.role is not None else None)
-        order_check_pb2_grpc.add_OrderCheckServiceServicer_to_server(
-            _servicer(
-                {
-                    "Check": instrumented(check.check, m(ORDER_CHECK, "Check")),
-                    "SubmitFeedback": instrumented(
-                        check.submit_feedback, m(ORDER_CHECK, "SubmitFeedback")
-                    ),
-                }
+        adapters = (
+            OrderCheck(
+                self.state, self.store, self.memory, self.metrics, self.recorder, deadline_cap_s=cap
             ),
-            self.server,
+            ResultFeed(self.state, self.store, self.metrics, deadline_cap_s=cap),
+            CatalogAdmin(self.state, self.role.reload if self.role is not None else None),
         )
-        result_feed_pb2_grpc.add_ResultFeedServiceServicer_to_server(
-            _servicer(
-                {
-                    "PutResults": instrumented(feed.put_results, m(RESULT_FEED, "PutResults")),
-                    "WithdrawResults": instrumented(
-                        feed.withdraw_results, m(RESULT_FEED, "WithdrawResults")
-                    ),
-                }
-            ),
-            self.server,
-        )
-        catalog_admin_pb2_grpc.add_CatalogAdminServiceServicer_to_server(
-            _servicer(
-                {
-                    "ReloadCatalog": instrumented(
-                        admin.reload_catalog, m(CATALOG_ADMIN, "ReloadCatalog")
-                    ),
-                    "GetCatalogStatus": instrumented(
-                        admin.get_catalog_status, m(CATALOG_ADMIN, "GetCatalogStatus")
-                    ),
-                }
-            ),
-            self.server,
-        )
+        register(self.server, adapters, self.metrics)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (

@@ -53,17 +53,6 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
-# Full method name -> the one role allowed to call it. A method missing from this table
-# and from OPEN_SERVICES is refused (fail closed): a new RPC must be given a role here.
-METHOD_ROLES: dict[str, Role] = {
-    "/cds.v1.OrderCheckService/Check": Role.EMR,
-    "/cds.v1.OrderCheckService/SubmitFeedback": Role.EMR,
-    "/cds.v1.ResultFeedService/PutResults": Role.FEED,
-    "/cds.v1.ResultFeedService/WithdrawResults": Role.FEED,
-    "/cds.v1.CatalogAdminService/ReloadCatalog": Role.ADMIN,
-    "/cds.v1.CatalogAdminService/GetCatalogStatus": Role.ADMIN,
-}
-
 OPEN_SERVICES: tuple[str, ...] = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1alpha.ServerReflection/",
@@ -289,7 +278,10 @@ _PERMISSION_DENIED = _deny_handler(grpc.StatusCode.PERMISSION_DENIED, PERMISSION
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Enforces METHOD_ROLES on every call.
+    """Enforces ``method_roles`` (``/<service>/<method>`` -> role) on every call.
+
+    A method in neither ``method_roles`` nor ``open_prefixes`` is refused (fail closed):
+    the RPC table (:data:`cds.service.rpcs.METHOD_ROLES`) gives every RPC its role.
 
     Token path (decided before the handler runs, no per-call allocation beyond the
     hash): one dict look-up for the method, one SHA-256, one dict look-up for the token.
@@ -304,7 +296,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
         authenticator: Authenticator,
-        method_roles: Mapping[str, Role] = METHOD_ROLES,
+        method_roles: Mapping[str, Role],
         open_prefixes: tuple[str, ...] = OPEN_SERVICES,
     ) -> None:
         self._auth = authenticator
