@@ -151,3 +151,27 @@ def test_result_reported_more_than_five_minutes_ahead_of_the_clock_is_refused():
     error = _result_error(reported_at_us=NOW_US + FUTURE_SKEW_US + 1)
     assert error is not None
     assert error.startswith("reported_at: more than 5 minutes")
+
+
+@pytest.mark.parametrize("table", ["ORDER", "LINE", "FEEDBACK", "RESULT"])
+def test_the_fast_check_and_the_wording_come_from_one_table(table):
+    from cds.service import validation
+
+    strings = getattr(validation, table)
+    good = ["x" for _ in strings.fields]
+    assert strings.ok(good) and strings.error(good) is None
+    for i, f in enumerate(strings.fields):
+        at_limit = list(good)
+        at_limit[i] = "y" * f.max_chars
+        assert strings.ok(at_limit), f.name
+        too_long = list(good)
+        too_long[i] = "y" * (f.max_chars + 1)
+        assert not strings.ok(too_long)
+        assert strings.error(too_long, "p.") == f"p.{f.name}: longer than {f.max_chars} characters"
+        empty = list(good)
+        empty[i] = ""
+        if f.required:
+            assert not strings.ok(empty)
+            assert strings.error(empty) == f"{f.name}: required"
+        else:
+            assert strings.ok(empty) and strings.error(empty) is None

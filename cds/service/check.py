@@ -29,7 +29,7 @@ from cds.results.base import EMPTY_RESULTS, ResultStore, ResultsUnavailable
 from cds.rollout.state import CatalogState
 from cds.service.convert import ResponseBuilder, checked_order
 from cds.service.rpc import RpcFailure, deadline_cap, invalid_argument
-from cds.service.validation import MAX_STRING, InvalidRequest
+from cds.service.validation import FEEDBACK, InvalidRequest
 from cds.v1 import order_check_pb2
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 RESULTS_UNAVAILABLE = "RESULTS_UNAVAILABLE"
 _DEGRADED_RESULTS = (RESULTS_UNAVAILABLE,)
 _NOT_DEGRADED: tuple[str, ...] = ()
-MAX_COMMENT = 1000
 _ALLOW = Decision.ALLOW
 _EMPTY_FEEDBACK_RESPONSE = order_check_pb2.SubmitFeedbackResponse()
 
@@ -112,20 +111,9 @@ class OrderCheck:
         override_code = request.override_code
         comment = request.comment
         clinician_id = request.clinician_id
-        if not decision_id:
-            raise invalid_argument("decision_id: required")
-        if not line_id:
-            raise invalid_argument("line_id: required")
-        for field, value in (
-            ("decision_id", decision_id),
-            ("line_id", line_id),
-            ("override_code", override_code),
-            ("clinician_id", clinician_id),
-        ):
-            if len(value) > MAX_STRING:
-                raise invalid_argument(f"{field}: longer than {MAX_STRING} characters")
-        if len(comment) > MAX_COMMENT:
-            raise invalid_argument(f"comment: longer than {MAX_COMMENT} characters")
+        error = FEEDBACK.error((decision_id, line_id, override_code, clinician_id, comment))
+        if error is not None:
+            raise invalid_argument(error)
         try:
             remembered = await self._memory.lookup(decision_id)
         except ResultsUnavailable as e:

@@ -27,17 +27,19 @@ from cds.domain import (
 )
 from cds.results.base import StoredRow
 from cds.service.validation import (
+    DIAGNOSES,
+    DIAGNOSIS,
     FUTURE_SKEW_US,
-    MAX_DIAGNOSES,
-    MAX_ITEMS,
+    ITEMS,
+    LINE,
     MAX_RESULT_ERRORS,
-    MAX_STRING,
+    ORDER,
+    RESULT,
     InvalidRequest,
-    item_error,
-    order_string_error,
+    counts_error,
+    diagnoses_error,
     repeated_line_error,
     result_error,
-    shape_error,
 )
 from cds.v1 import order_check_pb2, result_feed_pb2, types_pb2
 
@@ -66,21 +68,29 @@ def checked_order(request: order_check_pb2.CheckRequest, now_us: int) -> Order:
     """The domain order, or :class:`InvalidRequest` naming the first bad field.
 
     One pass: each string is read out of the proto once (upb builds a new ``str`` per
-    access) and checked as it is read; an unset ``order_time`` means ``now_us``.
+    access) and checked against :mod:`cds.service.validation`'s tables as it is read;
+    counts first, so a huge request is refused before anything is copied. An unset
+    ``order_time`` means ``now_us``.
     """
     request_items = request.items
     patient = request.patient
     diagnoses = patient.diagnosis_codes
     n_items = len(request_items)
-    if not 0 < n_items <= MAX_ITEMS or len(diagnoses) > MAX_DIAGNOSES:
-        raise InvalidRequest(shape_error(n_items, len(diagnoses)))
-    patient_id = patient.patient_id
-    institution_id = request.institution_id
-    request_id = request.request_id
-    department_id = request.department_id
-    clinician_id = request.clinician_id
-    mdt_record_id = patient.mdt_record_id
+    if not ITEMS.least <= n_items <= ITEMS.most or len(diagnoses) > DIAGNOSES.most:
+        raise InvalidRequest(counts_error(n_items, len(diagnoses)))
+    strings = (
+        patient.patient_id,
+        request.institution_id,
+        request.request_id,
+        request.department_id,
+        request.clinician_id,
+        patient.mdt_record_id,
+    )
+    if not ORDER.ok(strings):
+        raise InvalidRequest(ORDER.error(strings))
     diagnosis_codes = tuple(diagnoses)
+    if diagnosis_codes and max(map(len, diagnosis_codes)) > DIAGNOSIS.max_chars:
+        raise InvalidRequest(diagnoses_error(diagnosis_codes))
     if request.HasField("order_time"):
         t = request.order_time
         order_time_us = t.seconds * US_PER_SECOND + t.nanos // _NS_PER_US
@@ -88,14 +98,14 @@ def checked_order(request: order_check_pb2.CheckRequest, now_us: int) -> Order:
         order_time_us = now_us
     category = _CATEGORY.get
     unspecified = _UNSPECIFIED_CATEGORY
+    line_ok = LINE.ok
     items = []
     append = items.append
-    bad_line = False
     for i in request_items:
-        line_id = i.line_id
-        item_code = i.item_code
-        price_item_code = i.price_item_code
-        sendout_lab_id = i.sendout_lab_id
+        line = (i.line_id, i.item_code, i.price_item_code, i.sendout_lab_id)
+        if not line_ok(line):
+            raise InvalidRequest(LINE.error(line, f"items[{len(items)}]."))
+        line_id, item_code, price_item_code, sendout_lab_id = line
         append(
             _new_tuple(
                 OrderItem,
@@ -109,16 +119,10 @@ def checked_order(request: order_check_pb2.CheckRequest, now_us: int) -> Order:
                 ),
             )
         )
-        if (
-            not line_id
-            or not item_code
-            or len(line_id) > MAX_STRING
-            or len(item_code) > MAX_STRING
-            or len(price_item_code) > MAX_STRING
-            or len(sendout_lab_id) > MAX_STRING
-        ):
-            bad_line = True
-    order = _new_tuple(
+    if n_items > 1 and len({item[0] for item in items}) != n_items:
+        raise InvalidRequest(repeated_line_error([item[0] for item in items]))
+    patient_id, institution_id, request_id, department_id, clinician_id, mdt_record_id = strings
+    return _new_tuple(
         Order,
         (
             request_id,
@@ -134,31 +138,6 @@ def checked_order(request: order_check_pb2.CheckRequest, now_us: int) -> Order:
             order_time_us,
         ),
     )
-    if (
-        not patient_id
-        or not institution_id
-        or len(patient_id) > MAX_STRING
-        or len(institution_id) > MAX_STRING
-        or len(request_id) > MAX_STRING
-        or len(department_id) > MAX_STRING
-        or len(clinician_id) > MAX_STRING
-        or len(mdt_record_id) > MAX_STRING
-        or (diagnosis_codes and max(map(len, diagnosis_codes)) > MAX_STRING)
-    ):
-        raise InvalidRequest(order_string_error(order))
-    if bad_line:
-        for index, item in enumerate(order.items):
-            longest = max(
-                len(item.line_id),
-                len(item.item_code),
-                len(item.price_item_code),
-                len(item.sendout_lab_id),
-            )
-            if not item.line_id or not item.item_code or longest > MAX_STRING:
-                raise InvalidRequest(item_error(index, item))
-    if len(items) > 1 and len({item[0] for item in items}) != len(items):
-        raise InvalidRequest(repeated_line_error(order.items))
-    return order
 
 
 def prior_result_proto(p: PriorResult) -> types_pb2.PriorResult:
@@ -294,36 +273,21 @@ def rows_from_results(
     latest = now_us + FUTURE_SKEW_US
     retention: dict[str, int] = {}  # per code, for this batch
     index = -1
+    result_ok = RESULT.ok
     for r in results:
         index += 1
-        result_id = r.result_id
-        patient_id = r.patient_id
-        item_code = r.item_code
-        institution_id = r.institution_id
+        strings = (r.result_id, r.patient_id, r.item_code, r.institution_id)
         if r.HasField("reported_at"):
             t = r.reported_at
             reported_at_us: int | None = t.seconds * US_PER_SECOND + t.nanos // _NS_PER_US
         else:
             reported_at_us = None
-        if (
-            reported_at_us is None
-            or not result_id
-            or not patient_id
-            or not item_code
-            or not institution_id
-            or len(result_id) > MAX_STRING
-            or len(patient_id) > MAX_STRING
-            or len(item_code) > MAX_STRING
-            or len(institution_id) > MAX_STRING
-            or reported_at_us > latest
-        ):
+        if reported_at_us is None or reported_at_us > latest or not result_ok(strings):
             rejected += 1
             if len(errors) < MAX_RESULT_ERRORS:
-                error = result_error(
-                    result_id, patient_id, item_code, institution_id, reported_at_us, now_us
-                )
-                errors.append(f"results[{index}].{error}")
+                errors.append(f"results[{index}].{result_error(*strings, reported_at_us, now_us)}")
             continue
+        result_id, patient_id, item_code, institution_id = strings
         keep_us = retention.get(item_code)
         if keep_us is None:
             keep_us = retention[item_code] = retention_us(item_code)

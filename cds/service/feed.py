@@ -19,7 +19,7 @@ from cds.results.base import ResultStore, ResultsUnavailable
 from cds.rollout.state import CatalogState
 from cds.service.convert import refs_from_withdraw, rows_from_results
 from cds.service.rpc import RpcFailure, deadline_cap, invalid_argument
-from cds.service.validation import MAX_RESULTS, MAX_WITHDRAWALS
+from cds.service.validation import RESULTS, WITHDRAWALS
 from cds.v1 import result_feed_pb2
 
 _UNAVAILABLE = "results store unavailable; retry the batch"
@@ -44,9 +44,9 @@ class ResultFeed:
     async def put_results(
         self, request: result_feed_pb2.PutResultsRequest, context: grpc.aio.ServicerContext
     ) -> result_feed_pb2.PutResultsResponse:
-        n = len(request.results)
-        if n > MAX_RESULTS:
-            raise invalid_argument(f"results: at most {MAX_RESULTS} results per request, got {n}")
+        error = RESULTS.error(len(request.results))
+        if error is not None:
+            raise invalid_argument(error)
         snapshot = self._state.active.snapshot
         rows, errors, rejected = rows_from_results(
             request.results, time.time_ns() // 1000, snapshot.retention_us
@@ -68,11 +68,9 @@ class ResultFeed:
     async def withdraw_results(
         self, request: result_feed_pb2.WithdrawResultsRequest, context: grpc.aio.ServicerContext
     ) -> result_feed_pb2.WithdrawResultsResponse:
-        n = len(request.results)
-        if n > MAX_WITHDRAWALS:
-            raise invalid_argument(
-                f"results: at most {MAX_WITHDRAWALS} withdrawals per request, got {n}"
-            )
+        error = WITHDRAWALS.error(len(request.results))
+        if error is not None:
+            raise invalid_argument(error)
         refs = refs_from_withdraw(request)
         withdrawn = 0
         if refs:

@@ -1,89 +1,161 @@
-"""Request checks with the exact field names of the contract (§1 Semantics).
+"""Every request limit, declared once, with the field named as the proto spells it.
 
-Each check returns ``None`` or a message ``"<field>: <problem>"`` naming the field the
-way the contract and the proto spell it (``patient.patient_id``, ``items[3].line_id``),
-so an integrator can fix the request from the status message alone. String formatting
-happens only once something is wrong: the valid path is comparisons and ``len``.
+The tables below are the whole of what a request may hold: which strings are required,
+how long any string may be, how many items, diagnoses, results or withdrawals a request
+may carry. The same tables give both the fast check on the valid path and the wording
+of a refusal (``"<field>: <problem>"``, e.g. ``items[3].line_id: required``), so an
+integrator can fix the request from the status message alone, and a limit cannot be
+enforced with one number and explained with another.
 
-The Check request is checked while it is converted (``cds.service.convert.checked_order``):
-counts first (:func:`shape_error`, so a huge request is refused before it is copied),
-then each string as it is read out of the proto, once. The valid path only compares
-lengths; the functions here find and word the first problem, in the order the
-contract lists the fields, once there is one.
+The valid path is cheap by construction: a message's required strings come first in
+its table, so "all present and none too long" is one ``all`` over a slice and one
+``max(map(len, ...))`` — C-level calls; the wording is worked out only once one fails.
 """
 
 from __future__ import annotations
 
-from cds.domain import US_PER_SECOND, Order, OrderItem
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
-MAX_ITEMS = 100
-MAX_DIAGNOSES = 50
+from cds.domain import US_PER_SECOND
+
 MAX_STRING = 128
-MAX_RESULTS = 10_000
-MAX_WITHDRAWALS = 10_000
+MAX_COMMENT = 1000
 MAX_RESULT_ERRORS = 100
+# A result may be reported a little after the server's clock (clock skew between the
+# LIS and this host), not more.
 FUTURE_SKEW_US = 5 * 60 * US_PER_SECOND
-
-_TOO_LONG = f": longer than {MAX_STRING} characters"
+_SKEW_MINUTES = FUTURE_SKEW_US // (60 * US_PER_SECOND)
 
 
 class InvalidRequest(ValueError):
     """The request is refused; the message is ``"<field>: <problem>"``."""
 
 
-def shape_error(n_items: int, n_diagnoses: int) -> str:
-    """Which count is out of bounds (called once one is); counts are checked before
-    anything is copied, so a huge request costs nothing."""
-    if n_items == 0:
-        return "items: at least one item is required"
-    if n_items > MAX_ITEMS:
-        return f"items: at most {MAX_ITEMS} items per request, got {n_items}"
-    if n_diagnoses > MAX_DIAGNOSES:
-        return f"patient.diagnosis_codes: at most {MAX_DIAGNOSES} codes, got {n_diagnoses}"
-    raise AssertionError("called without a bad count")  # pragma: no cover
+class Field(NamedTuple):
+    """One string field: its name as the proto spells it, whether it may be empty, its
+    longest allowed length in characters."""
+
+    name: str
+    required: bool = False
+    max_chars: int = MAX_STRING
 
 
-def order_string_error(order: Order) -> str:
-    """Which of the order's own strings is missing or too long (called once one is)."""
-    if not order.patient_id:
-        return "patient.patient_id: required"
-    if not order.institution_id:
-        return "institution_id: required"
-    for field, value in (
-        ("patient.patient_id", order.patient_id),
-        ("institution_id", order.institution_id),
-        ("request_id", order.request_id),
-        ("department_id", order.department_id),
-        ("clinician_id", order.clinician_id),
-        ("patient.mdt_record_id", order.mdt_record_id),
-    ):
-        if len(value) > MAX_STRING:
-            return field + _TOO_LONG
-    for i, code in enumerate(order.diagnosis_codes):
-        if len(code) > MAX_STRING:
-            return f"patient.diagnosis_codes[{i}]" + _TOO_LONG
-    raise AssertionError("called without a bad string")  # pragma: no cover
+class Strings:
+    """The string fields of one message, in the order their values are passed.
+
+    ``ok`` is compiled from the fields (as ``dataclasses`` compiles ``__init__``): the
+    valid path runs one expression of truth tests and ``len`` comparisons, as fast as
+    the hand-written check it replaces, and still cannot disagree with ``error``, which
+    names the first missing required field, else the first one that is too long.
+    """
+
+    __slots__ = ("fields", "ok")
+
+    def __init__(self, *fields: Field) -> None:
+        self.fields = fields
+        tests = [f"v[{i}]" for i, f in enumerate(fields) if f.required]
+        tests += [f"len(v[{i}]) <= {f.max_chars}" for i, f in enumerate(fields)]
+        self.ok: Callable[[Sequence[str]], bool] = eval(f"lambda v: bool({' and '.join(tests)})")
+
+    def error(self, values: Sequence[str], prefix: str = "") -> str | None:
+        """``None`` when ``ok``, else ``"<prefix><field>: <problem>"``."""
+        if self.ok(values):
+            return None
+        for f, v in zip(self.fields, values, strict=True):
+            if f.required and not v:
+                return f"{prefix}{f.name}: required"
+        for f, v in zip(self.fields, values, strict=True):
+            if len(v) > f.max_chars:
+                return f"{prefix}{f.name}: longer than {f.max_chars} characters"
+        raise AssertionError("not ok, yet no field is wrong")  # pragma: no cover
 
 
-def item_error(i: int, item: OrderItem) -> str:
-    """What is wrong with line ``i`` (called once something is)."""
-    if not item.line_id:
-        return f"items[{i}].line_id: required"
-    if not item.item_code:
-        return f"items[{i}].item_code: required"
-    for field in ("line_id", "item_code", "price_item_code", "sendout_lab_id"):
-        if len(getattr(item, field)) > MAX_STRING:
-            return f"items[{i}].{field}" + _TOO_LONG
-    raise AssertionError("called without a bad line")  # pragma: no cover
+class Count(NamedTuple):
+    """How many entries a repeated field may hold."""
+
+    field: str
+    what: str  # the entries, plural, as the message names them
+    most: int
+    least: int = 0
+
+    def ok(self, n: int) -> bool:
+        return self.least <= n <= self.most
+
+    def error(self, n: int) -> str | None:
+        if n < self.least:
+            return f"{self.field}: at least {self.least} required, got {n}"
+        if n > self.most:
+            return f"{self.field}: at most {self.most} {self.what}, got {n}"
+        return None
 
 
-def repeated_line_error(items: tuple[OrderItem, ...]) -> str:
+# -- Check ----------------------------------------------------------------------------
+
+ITEMS = Count("items", "items per request", 100, least=1)
+DIAGNOSES = Count("patient.diagnosis_codes", "codes", 50)
+ORDER = Strings(
+    Field("patient.patient_id", required=True),
+    Field("institution_id", required=True),
+    Field("request_id"),
+    Field("department_id"),
+    Field("clinician_id"),
+    Field("patient.mdt_record_id"),
+)
+LINE = Strings(
+    Field("line_id", required=True),
+    Field("item_code", required=True),
+    Field("price_item_code"),
+    Field("sendout_lab_id"),
+)
+# Each diagnosis code is a string of the same limit.
+DIAGNOSIS = Field("patient.diagnosis_codes")
+
+# -- SubmitFeedback ---------------------------------------------------------------------
+
+FEEDBACK = Strings(
+    Field("decision_id", required=True),
+    Field("line_id", required=True),
+    Field("override_code"),
+    Field("clinician_id"),
+    Field("comment", max_chars=MAX_COMMENT),
+)
+
+# -- PutResults / WithdrawResults ---------------------------------------------------------
+
+RESULTS = Count("results", "results per request", 10_000)
+WITHDRAWALS = Count("results", "withdrawals per request", 10_000)
+RESULT = Strings(
+    Field("result_id", required=True),
+    Field("patient_id", required=True),
+    Field("item_code", required=True),
+    Field("institution_id", required=True),
+)
+
+
+def counts_error(n_items: int, n_diagnoses: int) -> str | None:
+    """Which of a Check's counts is out of bounds, checked before anything is copied."""
+    return ITEMS.error(n_items) or DIAGNOSES.error(n_diagnoses)
+
+
+def diagnoses_error(codes: Sequence[str]) -> str | None:
+    if not codes or max(map(len, codes)) <= DIAGNOSIS.max_chars:
+        return None
+    for i, code in enumerate(codes):
+        if len(code) > DIAGNOSIS.max_chars:
+            return f"{DIAGNOSIS.name}[{i}]: longer than {DIAGNOSIS.max_chars} characters"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def repeated_line_error(line_ids: Sequence[str]) -> str | None:
+    if len(line_ids) < 2 or len(set(line_ids)) == len(line_ids):
+        return None
     seen: dict[str, int] = {}
-    for i, item in enumerate(items):
-        first = seen.setdefault(item.line_id, i)
+    for i, line_id in enumerate(line_ids):
+        first = seen.setdefault(line_id, i)
         if first != i:
             return f"items[{i}].line_id: repeats items[{first}].line_id"
-    raise AssertionError("called without a repeat")  # pragma: no cover
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def result_error(
@@ -95,18 +167,11 @@ def result_error(
     now_us: int,
 ) -> str | None:
     """Why one PutResults row is refused (``"<field>: <problem>"``), or ``None``."""
-    for field, value in (
-        ("result_id", result_id),
-        ("patient_id", patient_id),
-        ("item_code", item_code),
-        ("institution_id", institution_id),
-    ):
-        if not value:
-            return field + ": required"
-        if len(value) > MAX_STRING:
-            return field + _TOO_LONG
+    error = RESULT.error((result_id, patient_id, item_code, institution_id))
+    if error is not None:
+        return error
     if reported_at_us is None:
         return "reported_at: required"
     if reported_at_us > now_us + FUTURE_SKEW_US:
-        return "reported_at: more than 5 minutes after the server's clock"
+        return f"reported_at: more than {_SKEW_MINUTES} minutes after the server's clock"
     return None
