@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -19,54 +20,12 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from cds.config import (
-    DEFAULT_DEADLINE_CAP_SECONDS,
-    DEFAULT_DECISION_LOG,
-    DEFAULT_DECISION_LOG_BACKUPS,
-    DEFAULT_DECISION_LOG_MAX_BYTES,
-    DEFAULT_DECISION_TTL_SECONDS,
-    DEFAULT_GRACE_SECONDS,
-    DEFAULT_LISTEN,
-    DEFAULT_MAX_CONCURRENT_RPCS,
-    DEFAULT_MAX_DECISIONS,
-    DEFAULT_MAX_RESULTS,
-    DEFAULT_METRICS_LISTEN,
-    DEFAULT_WORKERS,
-    ServeConfig,
-)
+from cds.config import DEFAULT_LISTEN, ConfigError, ServeConfig
 from cds.security import cli as security_cli
 
 PUT_BATCH = 10_000
 ENV_SERVER = "CDS_SERVER"
 ENV_TOKEN = "CDS_TOKEN"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,96 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--catalog", required=True, help="catalogue JSON file")
-    serve.add_argument(
-        "--listen", default=DEFAULT_LISTEN, help="gRPC HOST:PORT (default %(default)s)"
-    )
-    serve.add_argument(
-        "--metrics-listen",
-        default=DEFAULT_METRICS_LISTEN,
-        help="Prometheus HOST:PORT (default %(default)s)",
-    )
-    serve.add_argument(
-        "--max-results",
-        type=_positive_int,
-        default=DEFAULT_MAX_RESULTS,
-        help="results kept in memory; least recently used patients go first (default %(default)s)",
-    )
-    serve.add_argument(
-        "--results",
-        metavar="URL",
-        help="shared results store: redis://HOST:PORT/DB (or rediss://, unix://, "
-        "redis+cluster://HOST:PORT); default the in-process store",
-    )
-    serve.add_argument(
-        "--workers",
-        type=_positive_int,
-        default=DEFAULT_WORKERS,
-        help="processes serving the one --listen port (SO_REUSEPORT); more than 1 "
-        "needs --results (default %(default)s)",
-    )
-    log_flags = serve.add_mutually_exclusive_group()
-    log_flags.add_argument(
-        "--decision-log",
-        default=DEFAULT_DECISION_LOG,
-        help="JSON-lines log of WARN/BLOCK decisions and feedback (default %(default)s)",
-    )
-    log_flags.add_argument(
-        "--no-decision-log",
-        dest="decision_log",
-        action="store_const",
-        const=None,
-        help="record no decisions or feedback",
-    )
-    serve.add_argument(
-        "--pseudonym-key",
-        help="key file for pseudonymising ids in the log (default: a per-process random key)",
-    )
-    _decision_log_rotation_args(serve)
-    serve.add_argument(
-        "--grace",
-        type=_non_negative_float,
-        default=DEFAULT_GRACE_SECONDS,
-        help="seconds to drain in-flight calls on SIGTERM (default %(default)s)",
-    )
-    serve.add_argument(
-        "--max-decisions",
-        type=_positive_int,
-        default=DEFAULT_MAX_DECISIONS,
-        help="decisions remembered for feedback (default %(default)s)",
-    )
-    serve.add_argument(
-        "--decision-ttl",
-        type=_non_negative_float,
-        default=DEFAULT_DECISION_TTL_SECONDS,
-        help="seconds a decision is remembered for feedback (default %(default)s)",
-    )
-    security = serve.add_argument_group("security (docs/security.md)")
-    security.add_argument("--tls-cert", help="server certificate (PEM); needs --tls-key")
-    security.add_argument("--tls-key", help="server private key (PEM)")
-    security.add_argument("--tls-client-ca", help="CA of client certificates: requires mutual TLS")
-    security.add_argument(
-        "--auth-tokens", help="roles file: hashed bearer tokens and certificate subjects"
-    )
-    security.add_argument(
-        "--insecure",
-        action="store_true",
-        help="allow a non-loopback --listen without both TLS and --auth-tokens (logged)",
-    )
-    security.add_argument(
-        "--max-concurrent-rpcs",
-        type=_positive_int,
-        default=DEFAULT_MAX_CONCURRENT_RPCS,
-        help="beyond this, calls get RESOURCE_EXHAUSTED at once (default %(default)s)",
-    )
-    security.add_argument(
-        "--deadline-cap",
-        type=_positive_float,
-        default=DEFAULT_DEADLINE_CAP_SECONDS,
-        help="seconds a call may wait on the results store or the decision log, whatever "
-        "the client's deadline (default %(default)s)",
-    )
-    serve.add_argument("--log-level", default="INFO", help="default %(default)s")
+    add_serve_flags(serve)
     serve.set_defaults(func=_serve)
 
     catalog = sub.add_parser("catalog", help="catalogue commands").add_subparsers(
@@ -203,19 +73,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _decision_log_rotation_args(serve: argparse.ArgumentParser) -> None:
-    serve.add_argument(
-        "--decision-log-max-bytes",
-        type=_positive_int,
-        default=DEFAULT_DECISION_LOG_MAX_BYTES,
-        help="rotate the decision log when it would grow past this (default %(default)s)",
-    )
-    serve.add_argument(
-        "--decision-log-backups",
-        type=_non_negative_int,
-        default=DEFAULT_DECISION_LOG_BACKUPS,
-        help="rotated files kept: PATH.1 (newest) … PATH.N (default %(default)s)",
-    )
+# annotation -> (argparse type, metavar unless the field names one)
+_TYPES: dict[str, tuple[Callable[[str], Any], str]] = {
+    "str": (str, "PATH"),
+    "str | None": (str, "PATH"),
+    "int": (int, "N"),
+    "float": (float, "SECONDS"),
+}
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`ServeConfig` field, from the field's name, type, default and
+    help: a new setting is a new field in cds/config.py, nothing here."""
+    groups: dict[str, Any] = {}
+    for f in dataclasses.fields(ServeConfig):
+        meta = f.metadata
+        group = meta["group"]
+        target: Any = parser
+        if group:
+            target = groups.get(group) or groups.setdefault(group, parser.add_argument_group(group))
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING
+        default = None if required else f.default
+        if f.type == "bool":
+            target.add_argument(flag, action="store_true", help=meta["help"])
+            continue
+        help_text = meta["help"] + ("" if required or default is None else " (default %(default)s)")
+        if meta["negated_by"] is not None:
+            target = target.add_mutually_exclusive_group()
+        kind, metavar = _TYPES[str(f.type)]
+        target.add_argument(
+            flag,
+            type=kind,
+            default=default,
+            required=required,
+            metavar=meta["metavar"] or metavar,
+            help=help_text,
+        )
+        if meta["negated_by"] is not None:
+            negation, negation_help = meta["negated_by"]
+            target.add_argument(
+                negation, dest=f.name, action="store_const", const=None, help=negation_help
+            )
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -236,55 +135,17 @@ def _client_args(p: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if (args.tls_cert is None) != (args.tls_key is None):
-        print("cds serve: --tls-cert and --tls-key go together", file=sys.stderr)
-        return 2
-    if args.tls_client_ca is not None and args.tls_cert is None:
-        print("cds serve: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
-        return 2
-    if args.workers > 1 and args.results is None:
-        print(
-            f"cds serve: --workers {args.workers} needs a shared results store "
-            "(--results redis://HOST:PORT/DB): with the in-process store a result would "
-            "land in one worker only and the others would not see it",
-            file=sys.stderr,
+    try:
+        config = ServeConfig(
+            **{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}
         )
+    except ConfigError as e:
+        print(f"cds serve: {e}", file=sys.stderr)
         return 2
-    if args.results is not None:
-        from cds.results.factory import check_results_url
-
-        try:
-            check_results_url(args.results)
-        except ValueError as e:
-            print(f"cds serve: {e}", file=sys.stderr)
-            return 2
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=config.log_level.upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-    config = ServeConfig(
-        catalog=args.catalog,
-        listen=args.listen,
-        metrics_listen=args.metrics_listen,
-        max_results=args.max_results,
-        decision_log=args.decision_log,
-        pseudonym_key=args.pseudonym_key,
-        grace=args.grace,
-        max_decisions=args.max_decisions,
-        decision_ttl=args.decision_ttl,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        auth_tokens=args.auth_tokens,
-        insecure=args.insecure,
-        max_concurrent_rpcs=args.max_concurrent_rpcs,
-        results=args.results,
-        workers=args.workers,
-        deadline_cap=args.deadline_cap,
-        decision_log_max_bytes=args.decision_log_max_bytes,
-        decision_log_backups=args.decision_log_backups,
     )
     if config.workers > 1:
         from cds.runtime.supervisor import supervise

@@ -1,54 +1,228 @@
-"""How `cds serve` is configured, with its defaults: importable without gRPC or the rules,
-so the client commands of the CLI start fast."""
+"""How ``cds serve`` is configured: every setting once, with its default, its flag's help
+and its check.
+
+A new setting is one field here: ``cds serve``'s flags are built from these fields
+(:func:`cds.cli.add_serve_flags`), a worker of ``--workers N`` receives the same
+dataclass, and :class:`ServeConfig` refuses a bad combination itself, with a message
+naming the flags, before anything is opened. Importable without gRPC or the rules, so
+the client commands of the CLI start fast.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
-DEFAULT_MAX_RESULTS = 1_000_000
-DEFAULT_GRACE_SECONDS = 10.0
-DEFAULT_MAX_DECISIONS = 100_000
-DEFAULT_DECISION_TTL_SECONDS = 3600.0
 # Beyond this grpc.aio answers RESOURCE_EXHAUSTED at once instead of queueing.
 DEFAULT_MAX_CONCURRENT_RPCS = 1000
 # Relative to the working directory; `make run` keeps it under the git-ignored var/.
 DEFAULT_DECISION_LOG = "var/decisions.jsonl"
-# Rotated at 64 MiB into .1 … .10: ~700 MB of history, about 2 M WARN/BLOCK records.
+# Rotated at 64 MiB into .1 … .10: about 700 MB of history.
 DEFAULT_DECISION_LOG_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_DECISION_LOG_BACKUPS = 10
+DEFAULT_DECISION_TTL_SECONDS = 3600.0
+DEFAULT_MAX_DECISIONS = 100_000
 # The most a call may wait on the results store or the decision log, whatever deadline
 # the client set (or none), so a stalled Redis or disk cannot hold concurrency slots for
-# ever. Generous enough for the largest valid PutResults (10,000 rows) on a busy Redis.
+# ever. Generous enough for the largest valid PutResults on a busy Redis.
 DEFAULT_DEADLINE_CAP_SECONDS = 5.0
-DEFAULT_WORKERS = 1
+
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster")
+
+
+class ConfigError(ValueError):
+    """The settings contradict themselves; the message names the flags to fix."""
+
+
+def _setting(
+    help: str,
+    *,
+    check: str = "",
+    group: str = "",
+    metavar: str | None = None,
+    negated_by: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """Field metadata that becomes the flag: ``check`` is ``positive`` or
+    ``non-negative``; ``negated_by`` is (flag, help) of a flag that sets the field to
+    None (``--no-decision-log``)."""
+    return {"help": help, "check": check, "group": group, "metavar": metavar,
+            "negated_by": negated_by}  # fmt: skip
+
+
+SECURITY = "security (docs/security.md)"
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    catalog: str
-    listen: str = DEFAULT_LISTEN
-    metrics_listen: str = DEFAULT_METRICS_LISTEN
-    max_results: int = DEFAULT_MAX_RESULTS
-    decision_log: str | None = DEFAULT_DECISION_LOG  # None: not recorded
-    pseudonym_key: str | None = None
-    grace: float = DEFAULT_GRACE_SECONDS
-    max_decisions: int = DEFAULT_MAX_DECISIONS
-    decision_ttl: float = DEFAULT_DECISION_TTL_SECONDS
-    # Security (docs/security.md): TLS, roles, protected mode, overload shedding.
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_client_ca: str | None = None
-    auth_tokens: str | None = None
-    insecure: bool = False
-    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
-    deadline_cap: float = DEFAULT_DEADLINE_CAP_SECONDS
-    decision_log_max_bytes: int = DEFAULT_DECISION_LOG_MAX_BYTES
-    decision_log_backups: int = DEFAULT_DECISION_LOG_BACKUPS
-    # Scale (issue 5): None = the in-process store; else a redis:// URL (cds.results.factory).
-    results: str | None = None
-    workers: int = DEFAULT_WORKERS
+    catalog: str = field(metadata=_setting("catalogue JSON file", metavar="PATH"))
+    listen: str = field(
+        default=DEFAULT_LISTEN,
+        metadata=_setting("gRPC address; port 0 picks a free one", metavar="HOST:PORT"),
+    )
+    metrics_listen: str = field(
+        default=DEFAULT_METRICS_LISTEN,
+        metadata=_setting("Prometheus metrics at http://HOST:PORT/metrics", metavar="HOST:PORT"),
+    )
+    max_results: int = field(
+        default=1_000_000,
+        metadata=_setting(
+            "results kept in memory; least recently used patients go first", check="positive"
+        ),
+    )
+    results: str | None = field(
+        default=None,
+        metadata=_setting(
+            "shared results store: redis://HOST:PORT/DB (or rediss://, unix://, "
+            "redis+cluster://HOST:PORT); default the in-process store",
+            metavar="URL",
+        ),
+    )
+    workers: int = field(
+        default=1,
+        metadata=_setting(
+            "processes serving the one --listen port (SO_REUSEPORT); more than 1 needs --results",
+            check="positive",
+        ),
+    )
+    decision_log: str | None = field(
+        default=DEFAULT_DECISION_LOG,
+        metadata=_setting(
+            "JSON-lines log of WARN/BLOCK decisions and feedback",
+            metavar="PATH",
+            negated_by=("--no-decision-log", "record no decisions or feedback"),
+        ),
+    )
+    pseudonym_key: str | None = field(
+        default=None,
+        metadata=_setting(
+            "key file for pseudonymising ids in the log (default: a per-process random key)",
+            metavar="PATH",
+        ),
+    )
+    decision_log_max_bytes: int = field(
+        default=DEFAULT_DECISION_LOG_MAX_BYTES,
+        metadata=_setting("rotate the decision log when it would grow past this", check="positive"),
+    )
+    decision_log_backups: int = field(
+        default=DEFAULT_DECISION_LOG_BACKUPS,
+        metadata=_setting("rotated files kept: PATH.1 (newest) … PATH.N", check="non-negative"),
+    )
+    grace: float = field(
+        default=10.0,
+        metadata=_setting("seconds to drain in-flight calls on SIGTERM", check="non-negative"),
+    )
+    max_decisions: int = field(
+        default=DEFAULT_MAX_DECISIONS,
+        metadata=_setting("decisions remembered for feedback", check="positive"),
+    )
+    decision_ttl: float = field(
+        default=DEFAULT_DECISION_TTL_SECONDS,
+        metadata=_setting("seconds a decision is remembered for feedback", check="non-negative"),
+    )
+    tls_cert: str | None = field(
+        default=None,
+        metadata=_setting("server certificate (PEM); needs --tls-key", group=SECURITY),
+    )
+    tls_key: str | None = field(
+        default=None, metadata=_setting("server private key (PEM)", group=SECURITY)
+    )
+    tls_client_ca: str | None = field(
+        default=None,
+        metadata=_setting("CA of client certificates: requires mutual TLS", group=SECURITY),
+    )
+    auth_tokens: str | None = field(
+        default=None,
+        metadata=_setting(
+            "roles file: hashed bearer tokens and certificate subjects", group=SECURITY
+        ),
+    )
+    insecure: bool = field(
+        default=False,
+        metadata=_setting(
+            "allow a non-loopback --listen without both TLS and --auth-tokens (logged)",
+            group=SECURITY,
+        ),
+    )
+    max_concurrent_rpcs: int = field(
+        default=DEFAULT_MAX_CONCURRENT_RPCS,
+        metadata=_setting(
+            "beyond this, calls get RESOURCE_EXHAUSTED at once", check="positive", group=SECURITY
+        ),
+    )
+    deadline_cap: float = field(
+        default=DEFAULT_DEADLINE_CAP_SECONDS,
+        metadata=_setting(
+            "seconds a call may wait on the results store or the decision log, whatever "
+            "the client's deadline",
+            check="positive",
+            group=SECURITY,
+        ),
+    )
+    log_level: str = field(
+        default="INFO", metadata=_setting("Python logging level", metavar="LEVEL")
+    )
+
+    def __post_init__(self) -> None:
+        errors = [e for e in self._problems() if e]
+        if errors:
+            raise ConfigError("; ".join(errors))
+
+    def _problems(self) -> list[str]:
+        out = [_checked(f.name, getattr(self, f.name), f.metadata["check"]) for f in fields(self)]
+        if (self.tls_cert is None) != (self.tls_key is None):
+            out.append("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            out.append("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.workers > 1 and self.results is None:
+            out.append(
+                f"--workers {self.workers} needs a shared results store "
+                "(--results redis://HOST:PORT/DB): with the in-process store a result would "
+                "land in one worker only and the others would not see it"
+            )
+        if self.results is not None:
+            out.append(results_url_problem(self.results))
+        for flag, address in (("--listen", self.listen), ("--metrics-listen", self.metrics_listen)):
+            if not (flag == "--listen" and address.startswith(("unix:", "unix-abstract:"))):
+                try:
+                    split_host_port(address, flag=flag)
+                except ValueError as e:
+                    out.append(str(e))
+        if not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            out.append(f"--log-level {self.log_level!r}: not a logging level")
+        return out
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _checked(name: str, value: Any, check: str) -> str:
+    if check == "positive" and not value > 0:
+        return f"{_flag(name)} {value}: must be more than 0"
+    if check == "non-negative" and value < 0:
+        return f"{_flag(name)} {value}: must not be negative"
+    return ""
+
+
+def results_url_problem(url: str) -> str:
+    """Why ``url`` names no Redis we can use ("" when it does), fit for the operator."""
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        return (
+            f"--results {url!r}: expected redis://HOST:PORT/DB, rediss://…, unix://PATH "
+            "or redis+cluster://HOST:PORT"
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        return f"--results {url!r}: no host"
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        return f"--results {url!r}: {e}"
+    return ""
 
 
 def split_host_port(address: str, *, flag: str = "address") -> tuple[str, int]:

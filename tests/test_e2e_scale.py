@@ -152,6 +152,20 @@ def redis_module(tmp_path_factory) -> Iterator[RedisServer]:
         server.stop()
 
 
+def test_the_listen_policy_is_checked_once_for_all_workers(tmp_path, redis_module):
+    """The parent checks protected mode; workers trust it (once, not N + 1 times)."""
+    import socket
+
+    name = socket.gethostname()
+    if not all(i[4][0].startswith("127.") or i[4][0] == "::1" for i in socket.getaddrinfo(name, 0)):
+        pytest.skip("the host name resolves beyond loopback here")
+    args = ("--workers", "2", "--results", redis_module.url, "--metrics-listen", f"{name}:0")
+    with running_server(tmp_path, catalog("p-1"), args) as server:
+        pass
+    log = server.log_text()
+    assert log.count("metrics are served without authentication") == 1, log
+
+
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory, redis_module) -> Iterator[RunningServer]:
     args = ("--workers", "2", "--results", redis_module.url)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,14 +30,10 @@ from cds.metrics import Metrics
 from cds.results.base import ResultStore
 from cds.results.factory import open_store
 from cds.rollout.state import CatalogRefused, CatalogState, build
+from cds.runtime.lifecycle import check_transport, print_refused_catalog, serve
 from cds.security.auth import Authenticator, AuthInterceptor
 from cds.security.pseudonyms import Pseudonymizer
-from cds.security.transport import (
-    check_listen_policy,
-    check_metrics_listen,
-    server_credentials,
-    server_options,
-)
+from cds.security.transport import server_credentials, server_options
 from cds.service.admin import CatalogAdmin, Reloader
 from cds.service.check import OrderCheck
 from cds.service.feed import ResultFeed
@@ -129,22 +124,12 @@ class CdsServer:
 
     @classmethod
     def create(cls, config: ServeConfig, role: WorkerRole | None = None) -> CdsServer:
-        """Check the configuration and load the catalogue before anything listens.
+        """Load the catalogue and open what the server needs before anything listens.
 
-        Raises CatalogRefused for a bad catalogue and ValueError/OSError (message fit
-        for the operator) for a refused listen address, TLS or token file, or log path.
+        Raises CatalogRefused for a bad catalogue and OSError/ValueError (message fit for
+        the operator) for a TLS or token file or a log path that cannot be used. The
+        listen policy is the caller's, once per ``cds serve`` (:func:`check_transport`).
         """
-        warning = check_listen_policy(
-            config.listen,
-            tls=config.tls_cert is not None,
-            auth=config.auth_tokens is not None,
-            insecure=config.insecure,
-        )
-        if warning is not None:
-            log.warning("%s", warning)
-        warning = check_metrics_listen(config.metrics_listen)
-        if warning is not None:
-            log.warning("%s", warning)
         credentials = None
         if config.tls_cert is not None and config.tls_key is not None:
             credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
@@ -265,7 +250,7 @@ class CdsServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def stop(self) -> None:
+    async def stop(self) -> bool:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace)
         for task in list(self._tasks):
@@ -276,6 +261,24 @@ class CdsServer:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+        return True
+
+    def serving(self) -> str:
+        host = split_host_port(self.config.listen, flag="--listen")[0]
+        where = f"on {host}:{self.grpc_port}"
+        version = self.state.active.version
+        if self.role is not None:
+            return f"serving catalogue version {version} {where} (metrics through the parent)"
+        metrics_host = split_host_port(self.config.metrics_listen, flag="--metrics-listen")[0]
+        return (
+            f"serving catalogue version {version} {where}, "
+            f"metrics on http://{metrics_host}:{self.metrics_port}/metrics"
+        )
+
+    def draining(self) -> str:
+        if self.role is not None:
+            return f"draining for up to {self.config.grace:.1f} s (health NOT_SERVING)"
+        return f"health NOT_SERVING, draining for up to {self.config.grace:.1f} s"
 
 
 def _redacted(url: str | None) -> str:
@@ -289,38 +292,11 @@ def _redacted(url: str | None) -> str:
 async def run(config: ServeConfig) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code."""
     try:
+        check_transport(config, log)
         server = CdsServer.create(config)
     except CatalogRefused as refused:
-        print(f"cds: catalogue {config.catalog} is invalid:", file=sys.stderr)
-        for error in refused.errors:
-            print(f"  {error}", file=sys.stderr)
-        return 1
+        return print_refused_catalog(config.catalog, refused.errors)
     except (OSError, ValueError) as e:  # listen policy, TLS/tokens/key files, log path
         print(f"cds: cannot start: {e}", file=sys.stderr)
         return 1
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    loop.add_signal_handler(signal.SIGINT, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(server.reload_on_signal()))
-    try:
-        await server.start()
-    except (RuntimeError, OSError, ValueError) as e:
-        print(f"cds: cannot listen: {e}", file=sys.stderr)
-        await server.stop()
-        return 1
-    host = split_host_port(config.listen)[0]
-    metrics_host = split_host_port(config.metrics_listen)[0]
-    log.info(
-        "serving catalogue version %s on %s:%d, metrics on http://%s:%d/metrics",
-        server.state.active.version,
-        host,
-        server.grpc_port,
-        metrics_host,
-        server.metrics_port,
-    )
-    await stopping.wait()
-    log.info("stopping: health NOT_SERVING, draining for up to %.1f s", config.grace)
-    await server.stop()
-    log.info("stopped")
-    return 0
+    return await serve(server, log=log, reload=server.reload_on_signal)

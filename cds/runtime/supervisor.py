@@ -58,9 +58,9 @@ from cds.catalog.load import parse_catalog
 from cds.config import ServeConfig, split_host_port
 from cds.rollout.state import CatalogRefused, build
 from cds.runtime import control
+from cds.runtime.lifecycle import check_transport, print_refused_catalog, serve
 from cds.runtime.server import _redacted
 from cds.security.pseudonyms import MIN_KEY_BYTES
-from cds.security.transport import check_listen_policy, check_metrics_listen
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ class Supervisor:
         self.fatal: str | None = None
         self.restarts = 0
         self._crashes: collections.deque[float] = collections.deque()
+        self.metrics_address = ""  # HOST:PORT, once the parent's metrics endpoint listens
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- workers ------------------------------------------------------------------------
@@ -172,7 +173,6 @@ class Supervisor:
                 "index": index,
                 "listen": self.listen,
                 "config": asdict(self.config),
-                "log_level": logging.getLevelName(logging.getLogger().level),
                 "pseudonym_key": self.pseudonym_key,
             }
             await control.send(writer, header, self.content)
@@ -250,6 +250,32 @@ class Supervisor:
             self.fatal = why
             log.critical("%s", why)
         self.stopping.set()
+
+    # -- the lifecycle (cds.runtime.lifecycle.serve) ----------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self.start_all()
+        except (RuntimeError, OSError) as e:
+            raise RuntimeError(f"cannot start the workers: {e}") from e
+
+    async def stop(self) -> bool:
+        clean = await self.stop_all()
+        return clean and self.fatal is None
+
+    def serving(self) -> str:
+        host, port = split_host_port(self.listen)
+        ready = [w.ready.result() for w in self.workers if w is not None]
+        return (
+            f"serving catalogue version {ready[0]['version']} on {host}:{port}, metrics on "
+            f"http://{self.metrics_address}/metrics ({self.config.workers} workers, pids "
+            f"{','.join(str(r['pid']) for r in ready)}; results {_redacted(self.config.results)})"
+        )
+
+    def draining(self) -> str:
+        if self.fatal is not None:
+            return f"after a fatal error ({self.fatal})"
+        return f"draining every worker for up to {self.config.grace:.1f} s"
 
     async def start_all(self) -> None:
         """Start every worker and wait until each serves; raises RuntimeError if one cannot."""
@@ -433,24 +459,13 @@ async def supervise(config: ServeConfig) -> int:
     try:
         content = _load_catalog(config.catalog)
     except CatalogRefused as refused:
-        print(f"cds: catalogue {config.catalog} is invalid:", file=sys.stderr)
-        for error in refused.errors:
-            print(f"  {error}", file=sys.stderr)
-        return 1
+        return print_refused_catalog(config.catalog, refused.errors)
     try:
-        warning = check_listen_policy(
-            config.listen,
-            tls=config.tls_cert is not None,
-            auth=config.auth_tokens is not None,
-            insecure=config.insecure,
-        )
+        check_transport(config, log)
         reserved, listen = _reserve_port(config.listen)
     except (OSError, ValueError) as e:
         print(f"cds: cannot start: {e}", file=sys.stderr)
         return 1
-    for message in (warning, check_metrics_listen(config.metrics_listen)):
-        if message is not None:
-            log.warning("%s", message)
     pseudonym_key = None
     if config.decision_log is not None and config.pseudonym_key is None:
         log.warning(
@@ -471,7 +486,13 @@ async def supervise(config: ServeConfig) -> int:
         except OSError as e:
             print(f"cds: cannot listen: {e}", file=sys.stderr)
             return 1
-        return await _serve(supervisor, listen, metrics_host, httpd.server_port)
+        supervisor.metrics_address = f"{metrics_host}:{httpd.server_port}"
+        return await serve(
+            supervisor,
+            log=log,
+            reload=supervisor.on_sighup,
+            stop_when=asyncio.ensure_future(supervisor.stopping.wait()),
+        )
     finally:
         if httpd is not None:
             httpd.shutdown()
@@ -479,40 +500,3 @@ async def supervise(config: ServeConfig) -> int:
         reserved.close()
         if own_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-async def _serve(supervisor: Supervisor, listen: str, metrics_host: str, metrics_port: int) -> int:
-    config = supervisor.config
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, supervisor.stopping.set)
-    loop.add_signal_handler(signal.SIGINT, supervisor.stopping.set)
-    try:
-        await supervisor.start_all()
-    except (RuntimeError, OSError) as e:
-        print(f"cds: cannot start the workers: {e}", file=sys.stderr)
-        await supervisor.stop_all()
-        return 1
-    loop.add_signal_handler(signal.SIGHUP, lambda: supervisor._task(supervisor.on_sighup()))
-    host, port = split_host_port(listen)
-    ready = [w.ready.result() for w in supervisor.workers if w is not None]
-    log.info(
-        "serving catalogue version %s on %s:%d, metrics on http://%s:%d/metrics "
-        "(%d workers, pids %s; results %s)",
-        ready[0]["version"],
-        host,
-        port,
-        metrics_host,
-        metrics_port,
-        config.workers,
-        ",".join(str(r["pid"]) for r in ready),
-        _redacted(config.results),
-    )
-    await supervisor.stopping.wait()
-    if supervisor.fatal is None:
-        log.info("stopping: draining every worker for up to %.1f s", config.grace)
-    clean = await supervisor.stop_all()
-    if supervisor.fatal is not None or not clean:
-        log.error("stopped with errors")
-        return 1
-    log.info("stopped")
-    return 0

@@ -28,6 +28,7 @@ from typing import Any
 from cds.config import ServeConfig
 from cds.rollout.state import CatalogRefused, ReloadOutcome
 from cds.runtime import control
+from cds.runtime.lifecycle import serve
 from cds.runtime.server import CdsServer, WorkerRole
 from cds.security.pseudonyms import Pseudonymizer
 
@@ -99,16 +100,54 @@ class ParentLink:
         await control.send(self._writer, header)
 
 
-async def serve(fd: int) -> int:
+class _Worker:
+    """The worker's server as the lifecycle runs it: the parent is told once the server
+    serves, ``parent_gone`` completes when the control channel closes (no orphan keeps
+    serving the port), and stopping also closes the channel."""
+
+    def __init__(self, server: CdsServer, link: ParentLink, writer: asyncio.StreamWriter) -> None:
+        self._server = server
+        self._link = link
+        self._writer = writer
+        self.following: asyncio.Task[None] | None = None
+        self.parent_gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def start(self) -> None:
+        await self._server.start()
+        await self._link.send(
+            {"op": "ready", "pid": os.getpid(), "version": self._server.state.active.version}
+        )
+        self.following = asyncio.get_running_loop().create_task(self._link.follow())
+        self.following.add_done_callback(self._parent_gone)
+
+    def _parent_gone(self, _: asyncio.Task[None]) -> None:
+        if not self.parent_gone.done():
+            self.parent_gone.set_result(None)
+
+    async def stop(self) -> bool:
+        clean = await self._server.stop()
+        if self.following is not None:
+            self.following.cancel()
+        self._writer.close()
+        return clean
+
+    def serving(self) -> str:
+        return self._server.serving()
+
+    def draining(self) -> str:
+        return self._server.draining()
+
+
+async def run(fd: int) -> int:
     reader, writer = await control.open_channel(socket.socket(fileno=fd))
     header, content = await control.receive(reader)
     index = header["index"]
+    config = replace(ServeConfig(**header["config"]), listen=header["listen"])
     logging.basicConfig(
-        level=header["log_level"],
+        level=config.log_level.upper(),
         stream=sys.stderr,
         format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s",
     )
-    config = replace(ServeConfig(**header["config"]), listen=header["listen"])
     link = ParentLink(reader, writer)
     key = header.get("pseudonym_key")
     pseudonymizer = Pseudonymizer([(key[0], bytes.fromhex(key[1]))]) if key else None
@@ -119,24 +158,15 @@ async def serve(fd: int) -> int:
         print(f"cds worker {index}: cannot start: {e}", file=sys.stderr)
         return 1
     link.server = server
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    try:
-        await server.start()
-    except (RuntimeError, OSError, ValueError) as e:
-        print(f"cds worker {index}: cannot listen on {config.listen}: {e}", file=sys.stderr)
-        await server.stop()
-        return 1
-    await link.send({"op": "ready", "pid": os.getpid(), "version": server.state.active.version})
-    following = loop.create_task(link.follow())
-    following.add_done_callback(lambda _: stopping.set())  # the parent is gone
-    await stopping.wait()
-    log.info("stopping: draining for up to %.1f s", config.grace)
-    await server.stop()
-    following.cancel()
-    writer.close()
-    return 0
+    worker = _Worker(server, link, writer)
+    # Only SIGTERM: the parent decides about reloads and Ctrl-C (see main()).
+    return await serve(
+        worker,
+        log=log,
+        name=f"cds worker {index}",
+        stop_when=worker.parent_gone,
+        stop_signals=(signal.SIGTERM,),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The parent decides about reloads and shutdown; stray terminal signals do not.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return asyncio.run(serve(int(args[0])))
+    return asyncio.run(run(int(args[0])))
 
 
 if __name__ == "__main__":
