@@ -28,7 +28,7 @@ import asyncio
 import concurrent.futures
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -42,7 +42,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from cds.domain import Decision, ReasonCode
+from cds.domain import RESULTS_UNAVAILABLE, Decision, ReasonCode
 
 T = TypeVar("T")
 # How long a scrape waits for the event loop to fold in the hot path's counts; past it
@@ -286,7 +286,7 @@ class Metrics:
             ("what",),
             registry=r,
         )
-        self.degraded_results = degraded.labels("RESULTS_UNAVAILABLE")
+        self.degraded_results = degraded.labels(RESULTS_UNAVAILABLE)
         feedback = Counter(
             "cds_feedback_total",
             "Feedback recorded, by outcome.",
@@ -372,7 +372,3 @@ class Metrics:
 
     def rpc(self, service: str, method: str) -> RpcMetrics:
         return RpcMetrics(self, service, method)
-
-    def precreate(self, methods: Iterable[tuple[str, str]]) -> dict[tuple[str, str], RpcMetrics]:
-        """Children for every (service, method), so each series exists from the first scrape."""
-        return {(s, m): self.rpc(s, m) for s, m in methods}

@@ -424,7 +424,7 @@ def test_snapshot_carries_entries_defaults_policy_source_and_digest(tmp_path: Pa
     assert ntrk.repeat_interval_days is None and ntrk.indications == ()
     assert snap.gene_tests["EGFR"].in_house_institutions == frozenset({"A"})
     assert snap.sendout_labs["L1"].approved == frozenset({("B", "EGFR"), ("B", "NTRK")})
-    assert snap.share_group("A", "B")
+    assert not snap.institutions["A"].groups.isdisjoint(snap.institutions["B"].groups)
     assert [o.code for o in snap.override_options] == ["CONDITION_CHANGED", "OTHER"]
     assert snap.override_reasons["CONDITION_CHANGED"].requires_comment is False
     assert snap.severity[ReasonCode.RECOGNIZABLE_RESULT_EXISTS] is Decision.BLOCK
@@ -461,8 +461,7 @@ def test_retention_is_the_longest_window_that_can_use_a_result() -> None:
     assert snap.retention_us("2823-3") == 7 * US_PER_DAY
     assert snap.retention_us("CT") == 30 * US_PER_DAY
     assert snap.retention_us("EGFR") == 400 * US_PER_DAY  # longer than its 180-day repeat
-    assert snap.max_window_us == 400 * US_PER_DAY
-    assert snap.retention_us("UNKNOWN") == snap.max_window_us
+    assert snap.retention_us("UNKNOWN") == 400 * US_PER_DAY
 
 
 # --------------------------------------------------------------------------- diff
@@ -563,5 +562,6 @@ def test_summary_names_version_date_and_counts() -> None:
 def test_unknown_codes_are_retained_for_the_longest_recognition_window_not_gene_intervals():
     snapshot = load_catalog(SHIPPED)
     longest_recognition = max(r.validity_us for r in snapshot.recognition_items.values())
-    assert snapshot.max_window_us > longest_recognition  # a long gene-test repeat interval
+    longest_gene = max(snapshot.retention_us(code) for code in snapshot.gene_tests)
+    assert longest_gene > longest_recognition  # a long gene-test repeat interval
     assert snapshot.retention_us("NOT-IN-ANY-LIST") == longest_recognition

@@ -99,8 +99,6 @@ class Snapshot:
     # Where it came from (path) and a content digest, for status and logs.
     source: str = ""
     digest: str = ""
-    # Longest window (µs) any rule of this catalogue looks back over.
-    max_window_us: int = 0
     # How long results of codes this catalogue does not know are kept: the longest
     # recognition window, so a catalogue that adds the item soon can still use them,
     # without a decade-long gene-test repeat interval pinning unknown lab rows.
@@ -150,7 +148,6 @@ class Snapshot:
             severity=MappingProxyType(sev),
             source=source,
             digest=digest,
-            max_window_us=max(retention.values(), default=0),
             unknown_retention_us=max(
                 (r.validity_us for r in recog.values()),
                 default=max(retention.values(), default=0),
@@ -161,11 +158,6 @@ class Snapshot:
     def retention_us(self, item_code: str) -> int:
         """How long after ``reported_at`` a result of this code can still matter to a rule."""
         return self._retention.get(item_code, self.unknown_retention_us)
-
-    def share_group(self, a: str, b: str) -> bool:
-        ia = self.institutions.get(a)
-        ib = self.institutions.get(b)
-        return ia is not None and ib is not None and not ia.groups.isdisjoint(ib.groups)
 
     @property
     def zone(self) -> ZoneInfo:

@@ -36,7 +36,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from cds.domain import Decision, EncounterType, Evaluation, FeedbackOutcome, Order
+from cds.config import DEFAULT_DECISION_LOG_BACKUPS, DEFAULT_DECISION_LOG_MAX_BYTES
+from cds.domain import US_PER_SECOND, Decision, EncounterType, Evaluation, FeedbackOutcome, Order
 from cds.security.pseudonyms import Pseudonymizer
 
 _LOG = logging.getLogger(__name__)
@@ -50,8 +51,9 @@ _ENCOUNTER = {int(e): e.name for e in EncounterType}
 
 def _rfc3339(at_us: int) -> str:
     # Whole seconds and microseconds from the int: exact, no float rounding.
-    dt = _dt.datetime.fromtimestamp(at_us // 1_000_000, tz=_dt.UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at_us % 1_000_000:06d}Z"
+    seconds, us = divmod(at_us, US_PER_SECOND)
+    dt = _dt.datetime.fromtimestamp(seconds, tz=_dt.UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{us:06d}Z"
 
 
 class _Decision(NamedTuple):
@@ -90,8 +92,8 @@ class DecisionLog:
         path: str | os.PathLike[str],
         pseudonymizer: Pseudonymizer,
         *,
-        max_bytes: int = 64 * 1024 * 1024,
-        backups: int = 10,
+        max_bytes: int = DEFAULT_DECISION_LOG_MAX_BYTES,
+        backups: int = DEFAULT_DECISION_LOG_BACKUPS,
         max_pending_decisions: int = 10_000,
         max_pending_feedback: int = 1_000,
         on_drop: Callable[[], None] | None = None,

@@ -49,7 +49,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 
-from cds.domain import StoredResult
+from cds.domain import US_PER_SECOND, StoredResult, new_tuple
 from cds.results.base import EMPTY_RESULTS, PatientResults, StoredRow
 
 _HEAD = struct.Struct("<qqI")
@@ -65,16 +65,13 @@ _unpack_head = _HEAD.unpack_from
 _INLINE = 0x8000_0000
 _MAX_CODES = 1 << 20
 
-_US_PER_S = 1_000_000
 # An hour: few enough buckets over a retention span of months that the wheel costs
 # next to nothing, and a due row of an unread patient lingers at most this long.
-_BUCKET_US = 3600 * _US_PER_S
+_BUCKET_US = 3600 * US_PER_SECOND
 
 # One row while a record is rebuilt: (reported_at_us, expires_at_us, item_code,
 # institution_id, recognition_mark), keyed by result id.
 _Entry = tuple[int, int, str, str, bool]
-
-_new_tuple = tuple.__new__
 
 
 def _newest_first(item: tuple[str, _Entry]) -> tuple[int, str]:
@@ -182,9 +179,7 @@ class MemoryResultStore:
         several = False
         for row in self._unpack_rows(record, n):
             result_id, item_code, institution_id, reported, _expires, mark = row
-            result = _new_tuple(
-                StoredResult, (result_id, item_code, institution_id, reported, mark)
-            )
+            result = new_tuple(StoredResult, (result_id, item_code, institution_id, reported, mark))
             group = out.get(item_code)
             if group is None:
                 out[item_code] = (result,)
@@ -202,7 +197,7 @@ class MemoryResultStore:
 
     def _tick(self) -> int:
         """The clock's now in µs, after sweeping wheel buckets that are wholly past."""
-        now = int(self._clock() * _US_PER_S)
+        now = int(self._clock() * US_PER_SECOND)
         if now >= self._next_sweep_us:
             current = now // _BUCKET_US
             for bucket in sorted(b for b in self._wheel if b < current):

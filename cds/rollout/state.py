@@ -44,14 +44,6 @@ class ReloadOutcome(NamedTuple):
     changes: list[str]
 
 
-class CatalogRefused(Exception):
-    """The catalogue file failed to load or validate; ``errors`` lists every problem."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__(f"{len(errors)} error(s)")
-        self.errors = errors
-
-
 def errors_message(errors: list[str], limit: int = MAX_ERROR_MESSAGE_BYTES) -> str:
     """All errors, one per line, cut at ``limit`` UTF-8 bytes with a count of the rest."""
     head = f"catalogue refused, {len(errors)} error(s):"
@@ -70,16 +62,6 @@ def errors_message(errors: list[str], limit: int = MAX_ERROR_MESSAGE_BYTES) -> s
 
 def _now_us() -> int:
     return time.time_ns() // 1000
-
-
-def build(path: str, loader: Callable[[str], Snapshot] = load_catalog) -> Snapshot:
-    """Load and validate ``path``; every problem is raised at once as :class:`CatalogRefused`."""
-    try:
-        return loader(path)
-    except CatalogError as e:
-        raise CatalogRefused(list(e.errors) or [str(e)]) from e
-    except OSError as e:
-        raise CatalogRefused([f"{path}: {e.strerror or e}"]) from e
 
 
 class CatalogState:
@@ -109,8 +91,8 @@ class CatalogState:
         metrics: Metrics | None = None,
         loader: Callable[[str], Snapshot] = load_catalog,
     ) -> CatalogState:
-        """The initial load, synchronous (before the server exists); raises CatalogRefused."""
-        return cls(path, build(path, loader), metrics=metrics, loader=loader)
+        """The initial load, synchronous (before the server exists); raises CatalogError."""
+        return cls(path, loader(path), metrics=metrics, loader=loader)
 
     def _activate(self, snapshot: Snapshot) -> Active:
         active = Active(snapshot, Engine(snapshot), snapshot.version, _now_us())
@@ -120,9 +102,9 @@ class CatalogState:
 
     def _build_active(self, content: bytes | None = None) -> tuple[Snapshot, Engine]:
         if content is None:
-            snapshot = build(self.path, self._loader)
+            snapshot = self._loader(self.path)
         else:
-            snapshot = build(self.path, lambda path: parse_catalog(content, source=path))
+            snapshot = parse_catalog(content, source=self.path)
         return snapshot, Engine(snapshot)
 
     async def reload(self, dry_run: bool = False, content: bytes | None = None) -> ReloadOutcome:
@@ -130,7 +112,7 @@ class CatalogState:
 
         Parsing and indexing run in a worker thread so checks keep being answered.
         A dry run only reports: it neither activates, nor counts, nor touches status.
-        Raises :class:`CatalogRefused` with every error; the active catalogue is then
+        Raises :class:`CatalogError` with every error; the active catalogue is then
         unchanged. ``content`` stands in for the file's bytes: with several workers the
         parent reads the file once and every worker activates exactly those bytes.
         """
@@ -138,17 +120,18 @@ class CatalogState:
             previous = self.active
             try:
                 snapshot, engine = await asyncio.to_thread(self._build_active, content)
-            except CatalogRefused as refused:
+            except Exception as e:
+                if isinstance(e, CatalogError):
+                    refused = e
+                else:  # a loader bug must not take the service down
+                    log.exception("catalogue reload failed unexpectedly")
+                    errors = [f"{self.path}: {type(e).__name__}: {e}"]
+                    refused = CatalogError(errors, source=self.path)
                 self._log_refusal(refused.errors, dry_run)
                 if not dry_run:
                     self._record_failure(refused.errors)
-                raise
-            except Exception as e:  # a loader bug must not take the service down
-                log.exception("catalogue reload failed unexpectedly")
-                refused = CatalogRefused([f"{self.path}: {type(e).__name__}: {e}"])
-                self._log_refusal(refused.errors, dry_run)
-                if not dry_run:
-                    self._record_failure(refused.errors)
+                if refused is e:
+                    raise
                 raise refused from e
             changes = diff_snapshots(previous.snapshot, snapshot)
             if not dry_run:

@@ -9,23 +9,25 @@ Message helpers run only once a reason has fired, never on the allow path.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from cds.catalog.snapshot import Snapshot
-from cds.domain import US_PER_SECOND, Decision, OverrideOption, PriorResult
+from cds.domain import (
+    US_PER_SECOND,
+    Decision,
+    OverrideOption,
+    PriorResult,
+    StoredResult,
+    new_tuple,
+)
 
 # The national rule behind mutual recognition; cited when an item carries no source.
 NATIONAL_RECOGNITION_POLICY = (
     "国卫医发〔2022〕6号《关于印发医疗机构检查检验结果互认管理办法的通知》"
 )
-
-
-# NamedTuple constructors are Python-level functions; on the per-line path we build the
-# tuples with the C-level ``tuple.__new__`` instead (same type, same fields, ~3x cheaper).
-new_tuple = tuple.__new__
 
 
 @lru_cache(maxsize=65_536)
@@ -35,8 +37,51 @@ def _day(zone: ZoneInfo, us: int) -> str:
     return dt.datetime.fromtimestamp(us // US_PER_SECOND, zone).date().isoformat()
 
 
-def reported_at_key(prior: PriorResult) -> int:
+def _reported_at(prior: PriorResult) -> int:
     return prior.reported_at_us
+
+
+def prior_results(
+    rows: Iterable[StoredResult],
+    order_time_us: int,
+    window_us: int,
+    *,
+    recognised_at: str | None = None,
+    peers: frozenset[str] | None = None,
+) -> tuple[PriorResult, ...]:
+    """The rows inside ``[reported_at, reported_at + window]`` at ``order_time_us`` (both
+    ends inclusive), as prior results newest first.
+
+    With ``recognised_at`` (the ordering institution) only the rows it may recognise:
+    its own, or HR-marked ones from an institution in ``peers`` (None: any, the
+    province-wide scope). Every window is checked here and the result sorted, whatever
+    the store did: a store bug cannot change a judgement. ``valid_until`` is the
+    window's last instant.
+    """
+    counted: list[PriorResult] | None = None
+    for r in rows:
+        reported = r.reported_at_us
+        if reported > order_time_us or reported + window_us < order_time_us:
+            continue
+        if (
+            recognised_at is not None
+            and r.institution_id != recognised_at
+            and not (r.recognition_mark and (peers is None or r.institution_id in peers))
+        ):
+            continue
+        if counted is None:
+            counted = []
+        counted.append(
+            new_tuple(
+                PriorResult,
+                (r.result_id, r.institution_id, r.item_code, reported, reported + window_us),
+            )
+        )
+    if counted is None:
+        return ()
+    if len(counted) > 1:
+        counted.sort(key=_reported_at, reverse=True)
+    return tuple(counted)
 
 
 class RuleContext(NamedTuple):

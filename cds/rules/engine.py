@@ -19,9 +19,10 @@ from cds.domain import (
     Order,
     Reason,
     ReasonCode,
+    new_tuple,
 )
 from cds.results.base import PatientResults
-from cds.rules.common import RuleContext, new_tuple
+from cds.rules.common import RuleContext
 from cds.rules.duplicates import DuplicateRule
 from cds.rules.gene_tests import GeneTestRule, not_in_catalogue
 from cds.rules.recognition import RecognitionRule

@@ -16,12 +16,11 @@ from cds.domain import (
     US_PER_DAY,
     Order,
     OrderItem,
-    PriorResult,
     Reason,
     ReasonCode,
     StoredResult,
 )
-from cds.rules.common import RuleContext, new_tuple, reported_at_key
+from cds.rules.common import RuleContext, prior_results
 from cds.rules.sendout import SendoutRule
 
 _NOT_IN_CATALOGUE = str(ReasonCode.GENE_TEST_NOT_IN_CATALOGUE)
@@ -168,24 +167,9 @@ class GeneTestRule:
         return any(d.strip().upper().startswith(prefixes) for d in diagnoses)
 
     def _repeated(self, t: int, interval: int, rows: Sequence[StoredResult]) -> Reason | None:
-        counted: list[PriorResult] | None = None
-        for r in rows:
-            reported = r.reported_at_us
-            if reported > t or reported + interval < t:
-                continue
-            if counted is None:
-                counted = []
-            counted.append(
-                new_tuple(
-                    PriorResult,
-                    (r.result_id, r.institution_id, r.item_code, reported, reported + interval),
-                )
-            )
-        if counted is None:
+        prior = prior_results(rows, t, interval)
+        if not prior:
             return None
-        if len(counted) > 1:
-            counted.sort(key=reported_at_key, reverse=True)
-        prior = tuple(counted)
         return Reason(
             _REPEATED,
             self.repeat_decision,

@@ -12,13 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cds.catalog.snapshot import RecognitionItem
-from cds.domain import EncounterType, Order, PriorResult, Reason, ReasonCode, StoredResult
-from cds.rules.common import (
-    NATIONAL_RECOGNITION_POLICY,
-    RuleContext,
-    new_tuple,
-    reported_at_key,
+from cds.domain import (
+    EncounterType,
+    Order,
+    PriorResult,
+    Reason,
+    ReasonCode,
+    StoredResult,
 )
+from cds.rules.common import NATIONAL_RECOGNITION_POLICY, RuleContext, prior_results
 
 _WARN = str(ReasonCode.RECOGNIZABLE_RESULT_EXISTS)
 _EXEMPT = str(ReasonCode.RECOGNITION_EXEMPT_EMERGENCY)
@@ -56,38 +58,12 @@ class RecognitionRule:
 
     def check(self, order: Order, rows: Sequence[StoredResult]) -> Reason | None:
         """The recognition reason for this item, or None when no prior result counts."""
-        t = order.order_time_us
-        validity = self.validity_us
         own = order.institution_id
-        peers: frozenset[str] | None = None
-        counted: list[PriorResult] | None = None
-        for r in rows:
-            reported = r.reported_at_us
-            if reported > t or reported + validity < t:
-                continue
-            source_inst = r.institution_id
-            if source_inst != own:
-                if not r.recognition_mark:
-                    continue
-                if not self.province:
-                    if peers is None:
-                        peers = self._ctx.group_peers.get(own, _EMPTY)
-                    if source_inst not in peers:
-                        continue
-            if counted is None:
-                counted = []
-            counted.append(
-                new_tuple(
-                    PriorResult,
-                    (r.result_id, source_inst, r.item_code, reported, reported + validity),
-                )
-            )
-        if counted is None:
-            return None
-        if len(counted) > 1:
-            counted.sort(key=reported_at_key, reverse=True)
-        prior = tuple(counted)
-        return self._reason(order, prior)
+        peers = None if self.province else self._ctx.group_peers.get(own, _EMPTY)
+        prior = prior_results(
+            rows, order.order_time_us, self.validity_us, recognised_at=own, peers=peers
+        )
+        return self._reason(order, prior) if prior else None
 
     def _reason(self, order: Order, prior: tuple[PriorResult, ...]) -> Reason:
         found = (

@@ -22,14 +22,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from cds.catalog.load import parse_catalog
+from cds.catalog.load import CatalogError, parse_catalog
 from cds.config import ServeConfig, split_host_port
 from cds.decisions.memory import DecisionMemory
 from cds.decisions.recorder import DecisionRecorder, open_recorder
 from cds.metrics import Metrics
 from cds.results.base import ResultStore
 from cds.results.factory import open_store
-from cds.rollout.state import CatalogRefused, CatalogState, build
+from cds.rollout.state import CatalogState
 from cds.runtime.lifecycle import check_transport, print_refused_catalog, serve
 from cds.security.auth import Authenticator, AuthInterceptor
 from cds.security.pseudonyms import Pseudonymizer
@@ -126,7 +126,7 @@ class CdsServer:
     def create(cls, config: ServeConfig, role: WorkerRole | None = None) -> CdsServer:
         """Load the catalogue and open what the server needs before anything listens.
 
-        Raises CatalogRefused for a bad catalogue and OSError/ValueError (message fit for
+        Raises CatalogError for a bad catalogue and OSError/ValueError (message fit for
         the operator) for a TLS or token file or a log path that cannot be used. The
         listen policy is the caller's, once per ``cds serve`` (:func:`check_transport`).
         """
@@ -142,7 +142,7 @@ class CdsServer:
             metrics.watch_cached(store.cached_count)
         else:
             content = role.catalog_content
-            snapshot = build(config.catalog, lambda path: parse_catalog(content, source=path))
+            snapshot = parse_catalog(content, source=config.catalog)
             state = CatalogState(config.catalog, snapshot, metrics=metrics)
             if decision_log is not None:
                 decision_log = worker_log_path(decision_log, role.index)
@@ -222,7 +222,7 @@ class CdsServer:
 
         Each is refused whole on error, keeping what is in force; outcomes go to the log.
         """
-        with contextlib.suppress(CatalogRefused):
+        with contextlib.suppress(CatalogError):
             await self.state.reload()
         await self.reload_credentials()
 
@@ -294,7 +294,7 @@ async def run(config: ServeConfig) -> int:
     try:
         check_transport(config, log)
         server = CdsServer.create(config)
-    except CatalogRefused as refused:
+    except CatalogError as refused:
         return print_refused_catalog(config.catalog, refused.errors)
     except (OSError, ValueError) as e:  # listen policy, TLS/tokens/key files, log path
         print(f"cds: cannot start: {e}", file=sys.stderr)

@@ -54,9 +54,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from cds.catalog.load import parse_catalog
+from cds.catalog.load import CatalogError, load_catalog, parse_catalog
 from cds.config import ServeConfig, split_host_port
-from cds.rollout.state import CatalogRefused, build
 from cds.runtime import control
 from cds.runtime.lifecycle import check_transport, print_refused_catalog, serve
 from cds.runtime.server import _redacted
@@ -444,13 +443,13 @@ def _reserve_port(listen: str) -> tuple[socket.socket, str]:
 
 
 def _load_catalog(path: str) -> bytes:
-    """The file's bytes once validated; raises CatalogRefused with every error."""
+    """The file's bytes once validated; raises CatalogError with every error."""
     try:
         content = Path(path).read_bytes()
     except OSError:
-        build(path)  # refuses with the usual "cannot read" error
+        load_catalog(path)  # refuses with the usual "cannot read" error
         raise
-    build(path, lambda p: parse_catalog(content, source=p))
+    parse_catalog(content, source=path)
     return content
 
 
@@ -458,7 +457,7 @@ async def supervise(config: ServeConfig) -> int:
     """Run ``config.workers`` workers until SIGTERM/SIGINT; returns the exit code."""
     try:
         content = _load_catalog(config.catalog)
-    except CatalogRefused as refused:
+    except CatalogError as refused:
         return print_refused_catalog(config.catalog, refused.errors)
     try:
         check_transport(config, log)

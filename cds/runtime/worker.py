@@ -25,8 +25,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from cds.catalog.load import CatalogError
 from cds.config import ServeConfig
-from cds.rollout.state import CatalogRefused, ReloadOutcome
+from cds.rollout.state import ReloadOutcome
 from cds.runtime import control
 from cds.runtime.lifecycle import serve
 from cds.runtime.server import CdsServer, WorkerRole
@@ -59,7 +60,7 @@ class ParentLink:
         finally:
             self._waiting.pop(request_id, None)
         if not result["ok"]:
-            raise CatalogRefused(result["errors"])
+            raise CatalogError(result["errors"])
         return ReloadOutcome(True, result["version"], result["previous"], result["changes"])
 
     async def follow(self) -> None:
@@ -85,7 +86,7 @@ class ParentLink:
         reply: control.Header = {"op": "applied", "id": header["id"]}
         try:
             outcome = await self.server.state.reload(content=content)
-        except CatalogRefused as refused:
+        except CatalogError as refused:
             reply.update(ok=False, errors=refused.errors)
         else:
             reply.update(
@@ -154,7 +155,7 @@ async def run(fd: int) -> int:
     role = WorkerRole(index, content, pseudonymizer, link.reload)
     try:
         server = CdsServer.create(config, role)
-    except (CatalogRefused, OSError, ValueError) as e:
+    except (CatalogError, OSError, ValueError) as e:
         print(f"cds worker {index}: cannot start: {e}", file=sys.stderr)
         return 1
     link.server = server

@@ -6,7 +6,8 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from cds.rollout.state import CatalogRefused, CatalogState, ReloadOutcome, errors_message
+from cds.catalog.load import CatalogError
+from cds.rollout.state import CatalogState, ReloadOutcome, errors_message
 from cds.service.convert import us_timestamp
 from cds.service.rpc import RpcFailure
 from cds.v1 import catalog_admin_pb2
@@ -27,7 +28,7 @@ class CatalogAdmin:
         dry_run = request.dry_run
         try:
             outcome = await self._reload(dry_run)
-        except CatalogRefused as refused:
+        except CatalogError as refused:
             raise RpcFailure(
                 grpc.StatusCode.FAILED_PRECONDITION, errors_message(refused.errors)
             ) from refused

@@ -23,7 +23,7 @@ from cds.decisions.memory import (
     offered_overrides,
 )
 from cds.decisions.recorder import DecisionRecorder, FeedbackRecord
-from cds.domain import Decision, FeedbackOutcome
+from cds.domain import RESULTS_UNAVAILABLE, Decision, FeedbackOutcome
 from cds.metrics import Metrics
 from cds.results.base import EMPTY_RESULTS, ResultStore, ResultsUnavailable
 from cds.rollout.state import CatalogState
@@ -34,7 +34,6 @@ from cds.v1 import order_check_pb2
 
 log = logging.getLogger(__name__)
 
-RESULTS_UNAVAILABLE = "RESULTS_UNAVAILABLE"
 _DEGRADED_RESULTS = (RESULTS_UNAVAILABLE,)
 _NOT_DEGRADED: tuple[str, ...] = ()
 _ALLOW = Decision.ALLOW

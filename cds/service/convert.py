@@ -24,6 +24,7 @@ from cds.domain import (
     PriorResult,
     Reason,
     StoredResult,
+    new_tuple,
 )
 from cds.results.base import StoredRow
 from cds.service.validation import (
@@ -48,7 +49,6 @@ _ENCOUNTER: dict[int, EncounterType] = {e.value: e for e in EncounterType}
 _UNSPECIFIED_CATEGORY = ItemCategory.UNSPECIFIED
 _UNSPECIFIED_ENCOUNTER = EncounterType.UNSPECIFIED
 _NS_PER_US = 1000
-_new_tuple = tuple.__new__  # a NamedTuple built at C speed (same type, same fields)
 
 # Reason protos are cached by value; a catalogue with dynamic messages could grow the
 # cache without bound, so it is simply emptied when it reaches this size.
@@ -91,11 +91,7 @@ def checked_order(request: order_check_pb2.CheckRequest, now_us: int) -> Order:
     diagnosis_codes = tuple(diagnoses)
     if diagnosis_codes and max(map(len, diagnosis_codes)) > DIAGNOSIS.max_chars:
         raise InvalidRequest(diagnoses_error(diagnosis_codes))
-    if request.HasField("order_time"):
-        t = request.order_time
-        order_time_us = t.seconds * US_PER_SECOND + t.nanos // _NS_PER_US
-    else:
-        order_time_us = now_us
+    order_time_us = timestamp_us(request.order_time) if request.HasField("order_time") else now_us
     category = _CATEGORY.get
     unspecified = _UNSPECIFIED_CATEGORY
     line_ok = LINE.ok
@@ -107,7 +103,7 @@ def checked_order(request: order_check_pb2.CheckRequest, now_us: int) -> Order:
             raise InvalidRequest(LINE.error(line, f"items[{len(items)}]."))
         line_id, item_code, price_item_code, sendout_lab_id = line
         append(
-            _new_tuple(
+            new_tuple(
                 OrderItem,
                 (
                     line_id,
@@ -122,7 +118,7 @@ def checked_order(request: order_check_pb2.CheckRequest, now_us: int) -> Order:
     if n_items > 1 and len({item[0] for item in items}) != n_items:
         raise InvalidRequest(repeated_line_error([item[0] for item in items]))
     patient_id, institution_id, request_id, department_id, clinician_id, mdt_record_id = strings
-    return _new_tuple(
+    return new_tuple(
         Order,
         (
             request_id,
@@ -277,11 +273,7 @@ def rows_from_results(
     for r in results:
         index += 1
         strings = (r.result_id, r.patient_id, r.item_code, r.institution_id)
-        if r.HasField("reported_at"):
-            t = r.reported_at
-            reported_at_us: int | None = t.seconds * US_PER_SECOND + t.nanos // _NS_PER_US
-        else:
-            reported_at_us = None
+        reported_at_us = timestamp_us(r.reported_at) if r.HasField("reported_at") else None
         if reported_at_us is None or reported_at_us > latest or not result_ok(strings):
             rejected += 1
             if len(errors) < MAX_RESULT_ERRORS:
@@ -292,11 +284,11 @@ def rows_from_results(
         if keep_us is None:
             keep_us = retention[item_code] = retention_us(item_code)
         append(
-            _new_tuple(
+            new_tuple(
                 StoredRow,
                 (
                     patient_id,
-                    _new_tuple(
+                    new_tuple(
                         StoredResult,
                         (result_id, item_code, institution_id, reported_at_us, r.recognition_mark),
                     ),
