@@ -49,7 +49,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 
-from cds.domain import StoredResult
+from cds.domain import US_PER_SECOND, StoredResult
 from cds.results.base import EMPTY_RESULTS, PatientResults, StoredRow
 
 _HEAD = struct.Struct("<qqI")
@@ -65,10 +65,9 @@ _unpack_head = _HEAD.unpack_from
 _INLINE = 0x8000_0000
 _MAX_CODES = 1 << 20
 
-_US_PER_S = 1_000_000
 # An hour: few enough buckets over a retention span of months that the wheel costs
 # next to nothing, and a due row of an unread patient lingers at most this long.
-_BUCKET_US = 3600 * _US_PER_S
+_BUCKET_US = 3600 * US_PER_SECOND
 
 # One row while a record is rebuilt: (reported_at_us, expires_at_us, item_code,
 # institution_id, recognition_mark), keyed by result id.
@@ -202,7 +201,7 @@ class MemoryResultStore:
 
     def _tick(self) -> int:
         """The clock's now in µs, after sweeping wheel buckets that are wholly past."""
-        now = int(self._clock() * _US_PER_S)
+        now = int(self._clock() * US_PER_SECOND)
         if now >= self._next_sweep_us:
             current = now // _BUCKET_US
             for bucket in sorted(b for b in self._wheel if b < current):
@@ -347,12 +346,12 @@ class MemoryResultStore:
     async def put_many(self, rows: Sequence[StoredRow]) -> None:
         now = self._tick()
         by_patient: dict[str, list[StoredRow]] = {}
-        for r in rows:
-            pending = by_patient.get(r[0])
+        for stored in rows:
+            pending = by_patient.get(stored[0])
             if pending is None:
-                by_patient[r[0]] = [r]
+                by_patient[stored[0]] = [stored]
             else:
-                pending.append(r)
+                pending.append(stored)
         patients = self._patients
         for patient_id, patient_rows in by_patient.items():
             new: dict[str, _Entry] = {}

@@ -90,14 +90,13 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from cds.domain import StoredResult
+from cds.domain import US_PER_SECOND, StoredResult
 from cds.results.base import EMPTY_RESULTS, PatientResults, ResultsUnavailable, StoredRow
 from cds.results.redis_wire import PipelinedRedis
 from cds.results.redis_wire import supports as wire_supports
 
 log = logging.getLogger(__name__)
 
-_US_PER_S = 1_000_000
 _S_PER_DAY = 86_400
 
 # expiry second (u32, rounded up), reported_at µs (i64), item length | HR mark << 15 (u16)
@@ -166,14 +165,15 @@ _NEVER = 1 << 62
 def _pack(result: StoredResult, expires_at_us: int) -> bytes:
     item = result.item_code.encode()
     meta = len(item) | (_MARK_BIT if result.recognition_mark else 0)
-    expires_s = -(-expires_at_us // _US_PER_S)
+    expires_s = -(-expires_at_us // US_PER_SECOND)
     return (
         _HEADER.pack(expires_s, result.reported_at_us, meta) + item + result.institution_id.encode()
     )
 
 
 def _expiry_s(packed: bytes) -> int:
-    return _HEADER.unpack_from(packed)[0]
+    expires_s: int = _HEADER.unpack_from(packed)[0]
+    return expires_s
 
 
 def _newest_first(result: StoredResult) -> tuple[int, str]:
@@ -192,7 +192,7 @@ def _decode(raw: dict[bytes, bytes], now_us: int) -> tuple[PatientResults, int, 
     grouped: dict[str, list[StoredResult]] = {}
     for result_id, packed in raw.items():
         expires_s, reported_at_us, meta = _HEADER.unpack_from(packed)
-        if expires_s * _US_PER_S <= now_us:
+        if expires_s * US_PER_SECOND <= now_us:
             expired = True
             continue
         earliest_s = min(earliest_s, expires_s)
@@ -217,7 +217,7 @@ def _decode(raw: dict[bytes, bytes], now_us: int) -> tuple[PatientResults, int, 
         if len(group) > 1:
             group.sort(key=_newest_first, reverse=True)
         by_item[item_code] = tuple(group)
-    return by_item, earliest_s * _US_PER_S, expired
+    return by_item, earliest_s * US_PER_SECOND, expired
 
 
 def _chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -495,7 +495,7 @@ class RedisResultStore:
         if self._near_live and near is not None:
             cached = near.get(patient_id)
             # a cached patient whose earliest row has since expired is read afresh
-            if cached is not None and cached[1] > self._clock() * _US_PER_S:
+            if cached is not None and cached[1] > self._clock() * US_PER_SECOND:
                 return cached[0]
         epoch = self._epoch
         pipe = self._pipe
@@ -506,7 +506,7 @@ class RedisResultStore:
                 raw = await self._reader.hgetall(self._key(patient_id))
             except (RedisError, OSError) as exc:
                 raise ResultsUnavailable(f"redis read failed: {type(exc).__name__}") from exc
-        results, earliest_us, expired = _decode(raw, int(self._clock() * _US_PER_S))
+        results, earliest_us, expired = _decode(raw, int(self._clock() * US_PER_SECOND))
         if expired:
             self._to_prune.add(patient_id)
         if self._near_live and near is not None and self._epoch == epoch:
@@ -519,7 +519,7 @@ class RedisResultStore:
             await self._put_chunk(chunk)
 
     async def _put_chunk(self, rows: Sequence[StoredRow]) -> None:
-        now_us = int(self._clock() * _US_PER_S)
+        now_us = int(self._clock() * US_PER_SECOND)
         # patient -> (field/value pairs, already-expired result ids, latest expiry second)
         by_patient: dict[str, tuple[list[Any], list[str], list[int]]] = {}
         added: dict[int, int] = {}
@@ -544,7 +544,7 @@ class RedisResultStore:
         ]
         try:
             replies = await self._run_scripts(
-                "put", keys, args, [now_us // _US_PER_S], publish=list(by_patient)
+                "put", keys, args, [now_us // US_PER_SECOND], publish=list(by_patient)
             )
         except (RedisError, OSError) as exc:
             raise ResultsUnavailable(f"redis write failed: {type(exc).__name__}") from exc
@@ -574,14 +574,14 @@ class RedisResultStore:
                 raise ResultsUnavailable(f"redis write failed: {type(exc).__name__}") from exc
             finally:
                 self._invalidate(by_patient)
-            now_us = int(self._clock() * _US_PER_S)
+            now_us = int(self._clock() * US_PER_SECOND)
             removed: dict[int, int] = {}
             for old_values in replies:
                 for old in old_values:
                     if old is None:
                         continue
                     expires_s = _expiry_s(old)
-                    if expires_s * _US_PER_S > now_us:
+                    if expires_s * US_PER_SECOND > now_us:
                         withdrawn += 1
                     day = expires_s // _S_PER_DAY
                     removed[day] = removed.get(day, 0) - 1
