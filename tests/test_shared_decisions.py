@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis.asyncio import Redis
 
 from cds.decisions.memory import find_line, offered_overrides
 from cds.decisions.shared import SharedDecisionMemory, decode, encode
@@ -76,15 +77,17 @@ def test_a_decision_with_reasons_is_found_by_another_process_and_expires(redis_s
     async def scenario():
         writer = SharedDecisionMemory(redis_server.url, ttl_seconds=3600)
         reader = SharedDecisionMemory(redis_server.url, ttl_seconds=3600)
+        raw = Redis.from_url(redis_server.url)
         await writer.start()
         try:
             writer.remember("d-1", ORDER, WARNED, "v1")
             found = await eventually(lambda: reader.lookup("d-1"))
-            ttl_ms = await reader._redis.pttl("cds:d:d-1")
+            ttl_ms = await raw.pttl("cds:d:d-1")
             return found, ttl_ms
         finally:
             await writer.close()
             await reader.close()
+            await raw.aclose()
 
     found, ttl_ms = run(scenario())
     assert found.catalog_version == "v1" and found.patient_id == "P1"

@@ -19,14 +19,15 @@ What is shared, and why not more:
 
 Off the Check path: ``remember`` appends to a list and, once per event-loop tick,
 schedules a callback that sends what gathered as ``SET``s into the pipelined
-connection opened at start (:mod:`cds.results.redis_wire`; redis-py's pipeline on
-Cluster or TLS) and counts their replies when the last arrives — no task wake-up and
-no await per batch, the write leaves after this tick's checks, typically before the
-answer has reached the EMR, while a clinician takes seconds to click. For the rare
-feedback that still overtakes its write (an automated EMR, a slow Redis), a miss is
-asked again once after ``MISS_RETRY_S``. If Redis is down the decisions stay local
-(logged, rate-limited) and feedback that reaches another process gets ``UNAVAILABLE``
-(retry) rather than a wrong ``NOT_FOUND``.
+connection opened at start and counts their replies when the last arrives — no task
+wake-up and no await per batch, the write leaves after this tick's checks, typically
+before the answer has reached the EMR, while a clinician takes seconds to click. (On
+Cluster or TLS, redis-py's pipeline writes instead: :mod:`cds.results.redis_connection`
+says which client serves the URL.) For the rare feedback that still overtakes its
+write (an automated EMR, a slow Redis), a miss is asked again once after
+``MISS_RETRY_S``. If Redis is down the decisions stay local (logged, rate-limited) and
+feedback that reaches another process gets ``UNAVAILABLE`` (retry) rather than a wrong
+``NOT_FOUND``.
 
 Whether the same feedback was already recorded stays per process: a retry that lands
 on another worker is written to that worker's decision log too (the records carry
@@ -36,14 +37,11 @@ on another worker is written to that worker's decision log too (the records carr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from cds.config import DEFAULT_DECISION_TTL_SECONDS, DEFAULT_MAX_DECISIONS
@@ -57,19 +55,17 @@ from cds.domain import (
     Reason,
 )
 from cds.results.base import ResultsUnavailable
-from cds.results.redis_wire import PipelinedRedis, pack
-from cds.results.redis_wire import supports as wire_supports
+from cds.results.redis_connection import RedisConnection
+from cds.results.redis_wire import pack
 
 log = logging.getLogger(__name__)
 
 _ALLOW = Decision.ALLOW
-_CLUSTER_SCHEME = "redis+cluster://"
 # Decisions waiting for the writer beyond this are kept locally only (Redis too slow).
 MAX_PENDING = 10_000
 _WARN_EVERY_S = 10.0
 # A decision written by another process may be a write away: ask once more after this.
 MISS_RETRY_S = 0.05
-_PING = pack("PING")
 
 
 def encode(r: Remembered) -> bytes:
@@ -156,21 +152,13 @@ class SharedDecisionMemory(DecisionMemory):
         super().__init__(max_decisions, ttl_seconds)
         self._prefix = f"{key_prefix}d:"
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
-        options: dict[str, Any] = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s}
-        if url.startswith(_CLUSTER_SCHEME):
-            self._redis: Any = RedisCluster.from_url(
-                "redis://" + url[len(_CLUSTER_SCHEME) :], **options
-            )
-        else:
-            self._redis = Redis.from_url(url, **options)
-        # Writes and lookups go through one pipelined connection where it serves the URL:
+        # Writes follow the answer and lookups serve feedback: off the Check path, so they
+        # may wait longer than a check's read of results.
+        self._connection = RedisConnection(url, connect_timeout_s=timeout_s, timeout_s=timeout_s)
+        # Writes and lookups go through the pipelined link where it serves the URL:
         # redis-py's pipeline and task wake-up per batch cost ~14 % of a loaded server's
         # CPU (py-spy) with a WARN/BLOCK on a third of the checks.
-        self._pipe = (
-            PipelinedRedis(url, connect_timeout_s=timeout_s, timeout_s=timeout_s)
-            if wire_supports(url)
-            else None
-        )
+        self._pipe = self._connection.pipe
         self._pending: list[tuple[str, Remembered]] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start(): sharing on
         self._scheduled = False
@@ -182,11 +170,7 @@ class SharedDecisionMemory(DecisionMemory):
     async def start(self) -> None:
         # Connect now (not on the first decision), so the first write is not slower
         # than the feedback that follows it. Redis being down is fine: writes retry.
-        with contextlib.suppress(RedisError, OSError, ResultsUnavailable):
-            if self._pipe is not None:
-                await self._pipe.call(_PING)
-            else:
-                await self._redis.ping()
+        await self._connection.start()
         self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
@@ -197,9 +181,7 @@ class SharedDecisionMemory(DecisionMemory):
             await self._flush()
             if self._in_flight:
                 await asyncio.wait(self._in_flight)  # each bounded by the command timeout
-        if self._pipe is not None:
-            await self._pipe.aclose()
-        await self._redis.aclose()
+        await self._connection.close()
 
     def remember(
         self, decision_id: str, order: Order, evaluation: Evaluation, catalog_version: str
@@ -241,7 +223,8 @@ class SharedDecisionMemory(DecisionMemory):
         if self._pipe is not None:  # raises ResultsUnavailable itself
             data: bytes | None = await self._pipe.call(pack("GET", key))
             return data
-        return await self._redis.get(key)  # type: ignore[no-any-return]
+        # bytes, as the pipe's: the clients leave replies undecoded
+        return cast("bytes | None", await self._connection.client.get(key))
 
     def _write_pending(self) -> None:
         """Send what gathered during this tick: with the pipelined connection open, the
@@ -285,7 +268,7 @@ class SharedDecisionMemory(DecisionMemory):
                         [pack("SET", prefix + d, encode(r), "PX", ttl_ms) for d, r in batch]
                     )
                 else:
-                    pipe = self._redis.pipeline(transaction=False)
+                    pipe = self._connection.client.pipeline(transaction=False)
                     for decision_id, remembered in batch:
                         pipe.set(self._prefix + decision_id, encode(remembered), px=self._ttl_ms)
                     await pipe.execute()

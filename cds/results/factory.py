@@ -1,40 +1,27 @@
 """Which result store ``cds serve --results`` names: in-process by default, else Redis.
 
-The URL is checked here, before anything listens, so a typo fails the start with a
-message instead of degrading every check later.
+The URL is checked before anything listens (by :func:`check_results_url`, whose rules
+are :mod:`cds.results.redis_connection`'s), so a typo fails the start with a message
+instead of degrading every check later. Redis modules load only when a URL is given.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from cds.results.base import ResultStore
 from cds.results.memory import MemoryResultStore
-
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster")
 
 
 def check_results_url(url: str) -> None:
     """Raise ValueError (fit for the operator) unless ``url`` names a Redis we can use."""
-    parts = urlsplit(url)
-    if parts.scheme not in REDIS_SCHEMES:
-        raise ValueError(
-            f"--results {url!r}: expected redis://HOST:PORT/DB, rediss://…, unix://PATH "
-            "or redis+cluster://HOST:PORT"
-        )
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError(f"--results {url!r}: no host")
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as e:
-        raise ValueError(f"--results {url!r}: {e}") from None
+    from cds.results.redis_connection import parse_redis_url
+
+    parse_redis_url(url)
 
 
 def open_store(url: str | None, *, max_results: int) -> ResultStore:
     """The configured store; ``None`` is the embedded in-process store."""
     if url is None:
         return MemoryResultStore(max_results=max_results)
-    check_results_url(url)
     from cds.results.redis_store import RedisResultStore
 
-    return RedisResultStore(url)
+    return RedisResultStore(url)  # its connections refuse a URL they cannot use

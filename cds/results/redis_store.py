@@ -49,7 +49,9 @@ Reads. A check's ``HGETALL`` goes through one pipelined connection shared by eve
 concurrent check (:mod:`cds.results.redis_wire`: no pool, no timer per call, one
 write per event-loop tick), not through redis-py, whose per-command overhead was most
 of a Redis-backed check's extra CPU; writes, scripts and pub/sub stay on redis-py. On
-Cluster or with TLS (``rediss://``) reads use redis-py too.
+Cluster or with TLS (``rediss://``) reads use redis-py too. Which client serves which
+URL and the retry policy are :mod:`cds.results.redis_connection`'s; the store only says
+how long it waits.
 
 Faults. Reads time out fast (``read_timeout_s``, default 50 ms; connect
 ``connect_timeout_s``, 50 ms) to fit a check's ~100 ms budget; writes allow longer
@@ -78,22 +80,16 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from cachetools import TTLCache
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from cds.domain import US_PER_SECOND, StoredResult
 from cds.results.base import EMPTY_RESULTS, PatientResults, ResultsUnavailable, StoredRow
-from cds.results.redis_wire import PipelinedRedis
-from cds.results.redis_wire import supports as wire_supports
+from cds.results.redis_connection import RedisConnection
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +154,6 @@ return out
 """
 
 _PATIENTS_PER_SCRIPT = 64
-_CLUSTER_SCHEME = "redis+cluster://"
 _NEVER = 1 << 62
 
 
@@ -244,10 +239,21 @@ class RedisResultStore:
         count_refresh_s: float = 5.0,
         maintenance_interval_s: float = 1.0,
     ) -> None:
-        if url.startswith(_CLUSTER_SCHEME):
-            url = "redis://" + url[len(_CLUSTER_SCHEME) :]
-            cluster = True
-        self._cluster = bool(cluster)
+        # Checks read with the read timeouts (through the pipelined link where it serves
+        # the URL); writes, scripts and pub/sub go through redis-py with the longer ones.
+        self._reads = RedisConnection(
+            url,
+            cluster=bool(cluster),
+            connect_timeout_s=connect_timeout_s,
+            timeout_s=read_timeout_s,
+        )
+        self._writes = RedisConnection(
+            url,
+            cluster=bool(cluster),
+            connect_timeout_s=max(connect_timeout_s, 0.5),
+            timeout_s=write_timeout_s,
+        )
+        self._cluster = self._writes.cluster
         self._prefix = key_prefix
         self._channel = f"{key_prefix}inv"
         self._count_key = f"{key_prefix}n"
@@ -255,17 +261,8 @@ class RedisResultStore:
         self._chunk_rows = chunk_rows
         self._count_refresh_s = count_refresh_s
         self._maintenance_interval_s = maintenance_interval_s
-        # Checks read through one pipelined connection (cds.results.redis_wire) where it
-        # serves the URL; Cluster and TLS read through redis-py.
-        self._pipe: PipelinedRedis | None = None
-        self._reader: Any = None
-        if not self._cluster and wire_supports(url):
-            self._pipe = PipelinedRedis(
-                url, connect_timeout_s=connect_timeout_s, timeout_s=read_timeout_s
-            )
-        else:
-            self._reader = self._client(url, connect_timeout_s, read_timeout_s)
-        self._writer = self._client(url, max(connect_timeout_s, 0.5), write_timeout_s)
+        self._pipe = self._reads.pipe
+        self._writer = self._writes.client
         self._put_sha = ""
         self._withdraw_sha = ""
         # patient -> (results, earliest row expiry µs)
@@ -281,18 +278,6 @@ class RedisResultStore:
         self._count = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-
-    def _client(self, url: str, connect_timeout_s: float, timeout_s: float) -> Any:
-        # One immediate retry, only on a connection error: a pooled connection that
-        # Redis closed (restart) is replaced at once; a timeout is not paid twice.
-        options: dict[str, Any] = {
-            "socket_connect_timeout": connect_timeout_s,
-            "socket_timeout": timeout_s,
-            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        }
-        if self._cluster:
-            return RedisCluster.from_url(url, **options)
-        return Redis.from_url(url, **options)
 
     def _key(self, patient_id: str) -> str:
         return f"{self._prefix}r:{{{patient_id}}}"
@@ -326,11 +311,8 @@ class RedisResultStore:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=3.0)
         self._tasks = []
-        if self._pipe is not None:
-            await self._pipe.aclose()
-        if self._reader is not None:
-            await self._reader.aclose()
-        await self._writer.aclose()
+        await self._reads.close()
+        await self._writes.close()
 
     # -- near-cache -----------------------------------------------------------------------
 
@@ -503,7 +485,9 @@ class RedisResultStore:
             raw = await pipe.hgetall(self._key(patient_id))
         else:
             try:
-                raw = await self._reader.hgetall(self._key(patient_id))
+                # bytes, as the pipe's: the clients leave replies undecoded
+                reply = await self._reads.client.hgetall(self._key(patient_id))
+                raw = cast("dict[bytes, bytes]", reply)
             except (RedisError, OSError) as exc:
                 raise ResultsUnavailable(f"redis read failed: {type(exc).__name__}") from exc
         results, earliest_us, expired = _decode(raw, int(self._clock() * US_PER_SECOND))
