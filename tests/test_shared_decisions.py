@@ -20,6 +20,7 @@ from cds.domain import (
     OverrideOption,
     Reason,
 )
+from cds.metrics import Metrics
 from cds.results.base import ResultsUnavailable
 from tests.support.redis_server import redis_server_fixture  # noqa: F401
 from tests.support.stores import eventually
@@ -155,6 +156,31 @@ def test_decisions_made_while_redis_is_down_are_counted_unshared_and_sharing_res
             await reader.close()
 
     assert run(scenario()).catalog_version == "v1"
+
+
+def test_decisions_that_could_not_be_shared_are_counted_in_the_metric(redis_server):
+    metrics = Metrics()
+
+    async def scenario():
+        writer = SharedDecisionMemory(
+            redis_server.url, timeout_s=0.1, on_unshared=metrics.decisions_unshared.inc
+        )
+        await writer.start()
+        try:
+            redis_server.stop()
+            for i in range(3):
+                writer.remember(f"d-down-{i}", ORDER, WARNED, "v1")
+            writer.remember("d-allow", ORDER, ALLOWED, "v1")  # never shared: not counted
+
+            async def all_counted():
+                return metrics.registry.get_sample_value("cds_decisions_unshared_total") == 3
+
+            await eventually(all_counted)
+            return writer.unshared
+        finally:
+            await writer.close()
+
+    assert run(scenario()) == 3
 
 
 def test_close_writes_what_the_last_checks_remembered(redis_server):

@@ -27,7 +27,9 @@ says which client serves the URL.) For the rare feedback that still overtakes it
 write (an automated EMR, a slow Redis), a miss is asked again once after
 ``MISS_RETRY_S``. If Redis is down the decisions stay local (logged, rate-limited) and
 feedback that reaches another process gets ``UNAVAILABLE`` (retry) rather than a wrong
-``NOT_FOUND``.
+``NOT_FOUND``. A decision that could not be written stays local for good: once Redis
+answers again, feedback for it that reaches another process is not found, so each one
+is counted (``on_unshared``: the server's ``cds_decisions_unshared_total``).
 
 Whether the same feedback was already recorded stays per process: a retry that lands
 on another worker is written to that worker's decision log too (the records carry
@@ -39,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -148,6 +151,7 @@ class SharedDecisionMemory(DecisionMemory):
         *,
         key_prefix: str = "cds:",
         timeout_s: float = 0.5,
+        on_unshared: Callable[[int], object] | None = None,
     ) -> None:
         super().__init__(max_decisions, ttl_seconds)
         self._prefix = f"{key_prefix}d:"
@@ -166,6 +170,7 @@ class SharedDecisionMemory(DecisionMemory):
         self._in_flight: set[asyncio.Future[Any]] = set()  # last SET of each sent batch
         self._warned_at = 0.0
         self.unshared = 0  # decisions that could not be written (kept locally only)
+        self._on_unshared = on_unshared
 
     async def start(self) -> None:
         # Connect now (not on the first decision), so the first write is not slower
@@ -203,7 +208,7 @@ class SharedDecisionMemory(DecisionMemory):
                     self._scheduled = True
                     loop.call_soon(self._write_pending)
             else:
-                self.unshared += 1
+                self._count_unshared(1)
 
     async def lookup(self, decision_id: str) -> Remembered | None:
         local = self.recall(decision_id)
@@ -249,12 +254,15 @@ class SharedDecisionMemory(DecisionMemory):
 
     def _written(self, futures: list[asyncio.Future[Any]]) -> None:
         self._in_flight.discard(futures[-1])
+        failures = 0
         error: BaseException | None = None
         for future in futures:
             failed = future.cancelled() or future.exception()  # also marks it retrieved
             if failed:
-                self.unshared += 1
+                failures += 1
                 error = error or (failed if isinstance(failed, BaseException) else None)
+        if failures:
+            self._count_unshared(failures)
         if error is not None:
             self._warn(error)
 
@@ -273,8 +281,13 @@ class SharedDecisionMemory(DecisionMemory):
                         pipe.set(self._prefix + decision_id, encode(remembered), px=self._ttl_ms)
                     await pipe.execute()
             except (RedisError, OSError, ResultsUnavailable) as e:
-                self.unshared += len(batch)
+                self._count_unshared(len(batch))
                 self._warn(e)
+
+    def _count_unshared(self, n: int) -> None:
+        self.unshared += n
+        if self._on_unshared is not None:
+            self._on_unshared(n)
 
     def _warn(self, error: BaseException) -> None:
         now = time.monotonic()
