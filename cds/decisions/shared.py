@@ -15,7 +15,7 @@ What is shared, and why not more:
 * Only what feedback and its log record need: the ids, the catalogue version, each
   line's code and decision, each reason's code and decision and the offered override
   codes with their "comment required" flag — not the clinician-facing texts or the
-  listed prior results (~150 bytes as JSON for a one-line warning).
+  listed prior results.
 
 Off the Check path: ``remember`` appends to a list and, once per event-loop tick,
 schedules a callback that sends what gathered as ``SET``s into the pipelined
@@ -160,8 +160,8 @@ class SharedDecisionMemory(DecisionMemory):
         # may wait longer than a check's read of results.
         self._connection = RedisConnection(url, connect_timeout_s=timeout_s, timeout_s=timeout_s)
         # Writes and lookups go through the pipelined link where it serves the URL:
-        # redis-py's pipeline and task wake-up per batch cost ~14 % of a loaded server's
-        # CPU (py-spy) with a WARN/BLOCK on a third of the checks.
+        # redis-py's pipeline and a task wake-up per batch cost a loaded server a
+        # noticeable share of its CPU.
         self._pipe = self._connection.pipe
         self._pending: list[tuple[str, Remembered]] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start(): sharing on

@@ -2,7 +2,7 @@
 
 Layout. One hash per patient, ``<prefix>r:{<patient_id>}``, field ``result_id`` ->
 a packed row (``_pack``: expiry second, ``reported_at`` µs, the HR mark, item and
-institution codes; ~15 bytes plus the codes). A check reads exactly one key with
+institution codes; a 14-byte header plus the codes). A check reads exactly one key with
 ``HGETALL`` (one round trip), upsert by result id is ``HSET`` of the field whatever
 its item code, and the hash tag puts everything of one patient in one Cluster slot,
 so the Lua scripts below are legal on Cluster.
@@ -42,8 +42,8 @@ any worker or replica adds or withdraws a result because:
 5. the TTL bounds staleness if all of that somehow fails.
 
 So another instance sees a write as soon as it has processed the invalidation
-message (typically well under a millisecond after ``put_many`` returns), not
-atomically with it. Checks tolerate that: the engine reads results as of "now".
+message, shortly after ``put_many`` returns, not atomically with it. Checks tolerate
+that: the engine reads results as of "now".
 
 Reads. A check's ``HGETALL`` goes through one pipelined connection shared by every
 concurrent check (:mod:`cds.results.redis_wire`: no pool, no timer per call, one
@@ -54,9 +54,9 @@ URL and the retry policy are :mod:`cds.results.redis_connection`'s; the store on
 how long it waits.
 
 Faults. Reads time out fast (``read_timeout_s``, default 50 ms; connect
-``connect_timeout_s``, 50 ms) to fit a check's ~100 ms budget; writes allow longer
-(``write_timeout_s``, 1 s). One immediate retry on a lost connection (Redis closed it
-on restart) and none on a timeout. Every Redis failure surfaces as
+``connect_timeout_s``, 50 ms) so a check still answers in time without results; writes
+allow longer (``write_timeout_s``, 1 s). One immediate retry on a lost connection
+(Redis closed it on restart) and none on a timeout. Every Redis failure surfaces as
 ``ResultsUnavailable``; both clients reconnect on the next call, so the store
 recovers by itself when Redis returns.
 
