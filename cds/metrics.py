@@ -300,6 +300,12 @@ class Metrics:
             "Decision records dropped because the decision log's queue was full.",
             registry=r,
         )
+        self.decisions_unshared = Counter(
+            "cds_decisions_unshared_total",
+            "Decisions with reasons that could not be written to Redis: feedback for them "
+            "that reaches another worker or replica is not found.",
+            registry=r,
+        )
         self.catalog_loaded = Gauge(
             "cds_catalog_loaded_timestamp_seconds",
             "When the active catalogue was activated (Unix time).",

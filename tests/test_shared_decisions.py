@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis.asyncio import Redis
 
 from cds.decisions.memory import find_line, offered_overrides
 from cds.decisions.shared import SharedDecisionMemory, decode, encode
@@ -19,6 +20,7 @@ from cds.domain import (
     OverrideOption,
     Reason,
 )
+from cds.metrics import Metrics
 from cds.results.base import ResultsUnavailable
 from tests.support.redis_server import redis_server_fixture  # noqa: F401
 from tests.support.stores import eventually
@@ -76,15 +78,17 @@ def test_a_decision_with_reasons_is_found_by_another_process_and_expires(redis_s
     async def scenario():
         writer = SharedDecisionMemory(redis_server.url, ttl_seconds=3600)
         reader = SharedDecisionMemory(redis_server.url, ttl_seconds=3600)
+        raw = Redis.from_url(redis_server.url)
         await writer.start()
         try:
             writer.remember("d-1", ORDER, WARNED, "v1")
             found = await eventually(lambda: reader.lookup("d-1"))
-            ttl_ms = await reader._redis.pttl("cds:d:d-1")
+            ttl_ms = await raw.pttl("cds:d:d-1")
             return found, ttl_ms
         finally:
             await writer.close()
             await reader.close()
+            await raw.aclose()
 
     found, ttl_ms = run(scenario())
     assert found.catalog_version == "v1" and found.patient_id == "P1"
@@ -152,6 +156,31 @@ def test_decisions_made_while_redis_is_down_are_counted_unshared_and_sharing_res
             await reader.close()
 
     assert run(scenario()).catalog_version == "v1"
+
+
+def test_decisions_that_could_not_be_shared_are_counted_in_the_metric(redis_server):
+    metrics = Metrics()
+
+    async def scenario():
+        writer = SharedDecisionMemory(
+            redis_server.url, timeout_s=0.1, on_unshared=metrics.decisions_unshared.inc
+        )
+        await writer.start()
+        try:
+            redis_server.stop()
+            for i in range(3):
+                writer.remember(f"d-down-{i}", ORDER, WARNED, "v1")
+            writer.remember("d-allow", ORDER, ALLOWED, "v1")  # never shared: not counted
+
+            async def all_counted():
+                return metrics.registry.get_sample_value("cds_decisions_unshared_total") == 3
+
+            await eventually(all_counted)
+            return writer.unshared
+        finally:
+            await writer.close()
+
+    assert run(scenario()) == 3
 
 
 def test_close_writes_what_the_last_checks_remembered(redis_server):

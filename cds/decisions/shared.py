@@ -15,18 +15,21 @@ What is shared, and why not more:
 * Only what feedback and its log record need: the ids, the catalogue version, each
   line's code and decision, each reason's code and decision and the offered override
   codes with their "comment required" flag — not the clinician-facing texts or the
-  listed prior results (~150 bytes as JSON for a one-line warning).
+  listed prior results.
 
 Off the Check path: ``remember`` appends to a list and, once per event-loop tick,
 schedules a callback that sends what gathered as ``SET``s into the pipelined
-connection opened at start (:mod:`cds.results.redis_wire`; redis-py's pipeline on
-Cluster or TLS) and counts their replies when the last arrives — no task wake-up and
-no await per batch, the write leaves after this tick's checks, typically before the
-answer has reached the EMR, while a clinician takes seconds to click. For the rare
-feedback that still overtakes its write (an automated EMR, a slow Redis), a miss is
-asked again once after ``MISS_RETRY_S``. If Redis is down the decisions stay local
-(logged, rate-limited) and feedback that reaches another process gets ``UNAVAILABLE``
-(retry) rather than a wrong ``NOT_FOUND``.
+connection opened at start and counts their replies when the last arrives — no task
+wake-up and no await per batch, the write leaves after this tick's checks, typically
+before the answer has reached the EMR, while a clinician takes seconds to click. (On
+Cluster or TLS, redis-py's pipeline writes instead: :mod:`cds.results.redis_connection`
+says which client serves the URL.) For the rare feedback that still overtakes its
+write (an automated EMR, a slow Redis), a miss is asked again once after
+``MISS_RETRY_S``. If Redis is down the decisions stay local (logged, rate-limited) and
+feedback that reaches another process gets ``UNAVAILABLE`` (retry) rather than a wrong
+``NOT_FOUND``. A decision that could not be written stays local for good: once Redis
+answers again, feedback for it that reaches another process is not found, so each one
+is counted (``on_unshared``: the server's ``cds_decisions_unshared_total``).
 
 Whether the same feedback was already recorded stays per process: a retry that lands
 on another worker is written to that worker's decision log too (the records carry
@@ -36,14 +39,12 @@ on another worker is written to that worker's decision log too (the records carr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from cds.config import DEFAULT_DECISION_TTL_SECONDS, DEFAULT_MAX_DECISIONS
@@ -57,19 +58,17 @@ from cds.domain import (
     Reason,
 )
 from cds.results.base import ResultsUnavailable
-from cds.results.redis_wire import PipelinedRedis, pack
-from cds.results.redis_wire import supports as wire_supports
+from cds.results.redis_connection import RedisConnection
+from cds.results.redis_wire import pack
 
 log = logging.getLogger(__name__)
 
 _ALLOW = Decision.ALLOW
-_CLUSTER_SCHEME = "redis+cluster://"
 # Decisions waiting for the writer beyond this are kept locally only (Redis too slow).
 MAX_PENDING = 10_000
 _WARN_EVERY_S = 10.0
 # A decision written by another process may be a write away: ask once more after this.
 MISS_RETRY_S = 0.05
-_PING = pack("PING")
 
 
 def encode(r: Remembered) -> bytes:
@@ -152,25 +151,18 @@ class SharedDecisionMemory(DecisionMemory):
         *,
         key_prefix: str = "cds:",
         timeout_s: float = 0.5,
+        on_unshared: Callable[[int], object] | None = None,
     ) -> None:
         super().__init__(max_decisions, ttl_seconds)
         self._prefix = f"{key_prefix}d:"
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
-        options: dict[str, Any] = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s}
-        if url.startswith(_CLUSTER_SCHEME):
-            self._redis: Any = RedisCluster.from_url(
-                "redis://" + url[len(_CLUSTER_SCHEME) :], **options
-            )
-        else:
-            self._redis = Redis.from_url(url, **options)
-        # Writes and lookups go through one pipelined connection where it serves the URL:
-        # redis-py's pipeline and task wake-up per batch cost ~14 % of a loaded server's
-        # CPU (py-spy) with a WARN/BLOCK on a third of the checks.
-        self._pipe = (
-            PipelinedRedis(url, connect_timeout_s=timeout_s, timeout_s=timeout_s)
-            if wire_supports(url)
-            else None
-        )
+        # Writes follow the answer and lookups serve feedback: off the Check path, so they
+        # may wait longer than a check's read of results.
+        self._connection = RedisConnection(url, connect_timeout_s=timeout_s, timeout_s=timeout_s)
+        # Writes and lookups go through the pipelined link where it serves the URL:
+        # redis-py's pipeline and a task wake-up per batch cost a loaded server a
+        # noticeable share of its CPU.
+        self._pipe = self._connection.pipe
         self._pending: list[tuple[str, Remembered]] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start(): sharing on
         self._scheduled = False
@@ -178,15 +170,12 @@ class SharedDecisionMemory(DecisionMemory):
         self._in_flight: set[asyncio.Future[Any]] = set()  # last SET of each sent batch
         self._warned_at = 0.0
         self.unshared = 0  # decisions that could not be written (kept locally only)
+        self._on_unshared = on_unshared
 
     async def start(self) -> None:
         # Connect now (not on the first decision), so the first write is not slower
         # than the feedback that follows it. Redis being down is fine: writes retry.
-        with contextlib.suppress(RedisError, OSError, ResultsUnavailable):
-            if self._pipe is not None:
-                await self._pipe.call(_PING)
-            else:
-                await self._redis.ping()
+        await self._connection.start()
         self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
@@ -197,9 +186,7 @@ class SharedDecisionMemory(DecisionMemory):
             await self._flush()
             if self._in_flight:
                 await asyncio.wait(self._in_flight)  # each bounded by the command timeout
-        if self._pipe is not None:
-            await self._pipe.aclose()
-        await self._redis.aclose()
+        await self._connection.close()
 
     def remember(
         self, decision_id: str, order: Order, evaluation: Evaluation, catalog_version: str
@@ -221,7 +208,7 @@ class SharedDecisionMemory(DecisionMemory):
                     self._scheduled = True
                     loop.call_soon(self._write_pending)
             else:
-                self.unshared += 1
+                self._count_unshared(1)
 
     async def lookup(self, decision_id: str) -> Remembered | None:
         local = self.recall(decision_id)
@@ -241,7 +228,8 @@ class SharedDecisionMemory(DecisionMemory):
         if self._pipe is not None:  # raises ResultsUnavailable itself
             data: bytes | None = await self._pipe.call(pack("GET", key))
             return data
-        return await self._redis.get(key)  # type: ignore[no-any-return]
+        # bytes, as the pipe's: the clients leave replies undecoded
+        return cast("bytes | None", await self._connection.client.get(key))
 
     def _write_pending(self) -> None:
         """Send what gathered during this tick: with the pipelined connection open, the
@@ -266,12 +254,15 @@ class SharedDecisionMemory(DecisionMemory):
 
     def _written(self, futures: list[asyncio.Future[Any]]) -> None:
         self._in_flight.discard(futures[-1])
+        failures = 0
         error: BaseException | None = None
         for future in futures:
             failed = future.cancelled() or future.exception()  # also marks it retrieved
             if failed:
-                self.unshared += 1
+                failures += 1
                 error = error or (failed if isinstance(failed, BaseException) else None)
+        if failures:
+            self._count_unshared(failures)
         if error is not None:
             self._warn(error)
 
@@ -285,13 +276,18 @@ class SharedDecisionMemory(DecisionMemory):
                         [pack("SET", prefix + d, encode(r), "PX", ttl_ms) for d, r in batch]
                     )
                 else:
-                    pipe = self._redis.pipeline(transaction=False)
+                    pipe = self._connection.client.pipeline(transaction=False)
                     for decision_id, remembered in batch:
                         pipe.set(self._prefix + decision_id, encode(remembered), px=self._ttl_ms)
                     await pipe.execute()
             except (RedisError, OSError, ResultsUnavailable) as e:
-                self.unshared += len(batch)
+                self._count_unshared(len(batch))
                 self._warn(e)
+
+    def _count_unshared(self, n: int) -> None:
+        self.unshared += n
+        if self._on_unshared is not None:
+            self._on_unshared(n)
 
     def _warn(self, error: BaseException) -> None:
         now = time.monotonic()

@@ -1,7 +1,8 @@
 """Which result store ``cds serve --results`` names: in-process by default, else Redis.
 
-The URL is checked here, before anything listens, so a typo fails the start with a
-message instead of degrading every check later.
+The URL is checked before anything listens (by :func:`check_results_url`, whose rules
+are :mod:`cds.results.redis_connection`'s), so a typo fails the start with a message
+instead of degrading every check later. Redis modules load only when a URL is given.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ def open_store(url: str | None, *, max_results: int) -> ResultStore:
     """The configured store; ``None`` is the embedded in-process store."""
     if url is None:
         return MemoryResultStore(max_results=max_results)
-    check_results_url(url)
     from cds.results.redis_store import RedisResultStore
 
-    return RedisResultStore(url)
+    return RedisResultStore(url)  # its connections refuse a URL they cannot use

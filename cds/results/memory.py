@@ -6,14 +6,14 @@ Why this shape:
   whole patients. The entry is one immutable ``bytes`` record holding every row of the
   patient (layout below). A write builds a new record and swaps it in, so a reader never
   sees half of a write.
-* Why bytes and not tuples: issue 4 budgets 300 bytes of RSS per cached result, and the
-  garbage collector must not walk the cache. A row as a ``StoredResult`` costs ~180 bytes
-  (the tuple, the result id ``str``, the ``reported_at`` ``int``) plus per-patient
-  dict/tuple bookkeeping (measured ~450 B per result in all); packed, a row is 27 bytes
-  plus its result id, and a patient's record is one object. ``bytes`` are never tracked
-  by the cyclic garbage collector, so a million cached results add nothing to a
-  collection (as NamedTuple rows they were 2.6M tracked objects and each full collection
-  stalled the event loop for 0.3-0.7 s).
+* Why bytes and not tuples: the cache has a memory budget per cached result, and the
+  garbage collector must not walk the cache. A row as a ``StoredResult`` is several
+  objects (the tuple, the result id ``str``, the ``reported_at`` ``int``) plus
+  per-patient dict/tuple bookkeeping, well over that budget; packed, a row is a
+  fixed-size struct plus its result id, and a patient's record is one object. ``bytes``
+  are never tracked by the cyclic garbage collector, so a million cached results add
+  nothing to a collection (as NamedTuple rows they were millions of tracked objects,
+  and each full collection stalled the event loop).
 * Item and institution codes are numbered through one table shared by all records (a
   few thousand distinct codes in practice); decoded rows therefore share one ``str`` per
   code. The table is capped (``_MAX_CODES``); beyond it a code is stored in the record
@@ -207,8 +207,8 @@ class MemoryResultStore:
 
     def _file(self, patient_id: str, bucket: int) -> None:
         # Bytes, not a list of ids: a list is a container the collector walks, and the
-        # wheel holds an entry per patient and more (~0.5M ids: 15 ms per full
-        # collection); a bytearray is opaque to it, and smaller.
+        # wheel holds an entry per patient and more (each full collection would walk
+        # them all); a bytearray is opaque to it, and smaller.
         encoded = patient_id.encode()
         entry = len(encoded).to_bytes(2, "little") + encoded
         slot = self._wheel.get(bucket)
@@ -342,12 +342,12 @@ class MemoryResultStore:
     async def put_many(self, rows: Sequence[StoredRow]) -> None:
         now = self._tick()
         by_patient: dict[str, list[StoredRow]] = {}
-        for r in rows:
-            pending = by_patient.get(r[0])
+        for stored in rows:
+            pending = by_patient.get(stored[0])
             if pending is None:
-                by_patient[r[0]] = [r]
+                by_patient[stored[0]] = [stored]
             else:
-                pending.append(r)
+                pending.append(stored)
         patients = self._patients
         for patient_id, patient_rows in by_patient.items():
             new: dict[str, _Entry] = {}

@@ -2,7 +2,7 @@
 
 Layout. One hash per patient, ``<prefix>r:{<patient_id>}``, field ``result_id`` ->
 a packed row (``_pack``: expiry second, ``reported_at`` µs, the HR mark, item and
-institution codes; ~15 bytes plus the codes). A check reads exactly one key with
+institution codes; a 14-byte header plus the codes). A check reads exactly one key with
 ``HGETALL`` (one round trip), upsert by result id is ``HSET`` of the field whatever
 its item code, and the hash tag puts everything of one patient in one Cluster slot,
 so the Lua scripts below are legal on Cluster.
@@ -42,19 +42,21 @@ any worker or replica adds or withdraws a result because:
 5. the TTL bounds staleness if all of that somehow fails.
 
 So another instance sees a write as soon as it has processed the invalidation
-message (typically well under a millisecond after ``put_many`` returns), not
-atomically with it. Checks tolerate that: the engine reads results as of "now".
+message, shortly after ``put_many`` returns, not atomically with it. Checks tolerate
+that: the engine reads results as of "now".
 
 Reads. A check's ``HGETALL`` goes through one pipelined connection shared by every
 concurrent check (:mod:`cds.results.redis_wire`: no pool, no timer per call, one
 write per event-loop tick), not through redis-py, whose per-command overhead was most
 of a Redis-backed check's extra CPU; writes, scripts and pub/sub stay on redis-py. On
-Cluster or with TLS (``rediss://``) reads use redis-py too.
+Cluster or with TLS (``rediss://``) reads use redis-py too. Which client serves which
+URL and the retry policy are :mod:`cds.results.redis_connection`'s; the store only says
+how long it waits.
 
 Faults. Reads time out fast (``read_timeout_s``, default 50 ms; connect
-``connect_timeout_s``, 50 ms) to fit a check's ~100 ms budget; writes allow longer
-(``write_timeout_s``, 1 s). One immediate retry on a lost connection (Redis closed it
-on restart) and none on a timeout. Every Redis failure surfaces as
+``connect_timeout_s``, 50 ms) so a check still answers in time without results; writes
+allow longer (``write_timeout_s``, 1 s). One immediate retry on a lost connection
+(Redis closed it on restart) and none on a timeout. Every Redis failure surfaces as
 ``ResultsUnavailable``; both clients reconnect on the next call, so the store
 recovers by itself when Redis returns.
 
@@ -78,26 +80,19 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from cachetools import TTLCache
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from cds.domain import StoredResult
+from cds.domain import US_PER_SECOND, StoredResult
 from cds.results.base import EMPTY_RESULTS, PatientResults, ResultsUnavailable, StoredRow
-from cds.results.redis_wire import PipelinedRedis
-from cds.results.redis_wire import supports as wire_supports
+from cds.results.redis_connection import RedisConnection
 
 log = logging.getLogger(__name__)
 
-_US_PER_S = 1_000_000
 _S_PER_DAY = 86_400
 
 # expiry second (u32, rounded up), reported_at µs (i64), item length | HR mark << 15 (u16)
@@ -159,21 +154,21 @@ return out
 """
 
 _PATIENTS_PER_SCRIPT = 64
-_CLUSTER_SCHEME = "redis+cluster://"
 _NEVER = 1 << 62
 
 
 def _pack(result: StoredResult, expires_at_us: int) -> bytes:
     item = result.item_code.encode()
     meta = len(item) | (_MARK_BIT if result.recognition_mark else 0)
-    expires_s = -(-expires_at_us // _US_PER_S)
+    expires_s = -(-expires_at_us // US_PER_SECOND)
     return (
         _HEADER.pack(expires_s, result.reported_at_us, meta) + item + result.institution_id.encode()
     )
 
 
 def _expiry_s(packed: bytes) -> int:
-    return _HEADER.unpack_from(packed)[0]
+    expires_s: int = _HEADER.unpack_from(packed)[0]
+    return expires_s
 
 
 def _newest_first(result: StoredResult) -> tuple[int, str]:
@@ -192,7 +187,7 @@ def _decode(raw: dict[bytes, bytes], now_us: int) -> tuple[PatientResults, int, 
     grouped: dict[str, list[StoredResult]] = {}
     for result_id, packed in raw.items():
         expires_s, reported_at_us, meta = _HEADER.unpack_from(packed)
-        if expires_s * _US_PER_S <= now_us:
+        if expires_s * US_PER_SECOND <= now_us:
             expired = True
             continue
         earliest_s = min(earliest_s, expires_s)
@@ -217,7 +212,7 @@ def _decode(raw: dict[bytes, bytes], now_us: int) -> tuple[PatientResults, int, 
         if len(group) > 1:
             group.sort(key=_newest_first, reverse=True)
         by_item[item_code] = tuple(group)
-    return by_item, earliest_s * _US_PER_S, expired
+    return by_item, earliest_s * US_PER_SECOND, expired
 
 
 def _chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -244,10 +239,21 @@ class RedisResultStore:
         count_refresh_s: float = 5.0,
         maintenance_interval_s: float = 1.0,
     ) -> None:
-        if url.startswith(_CLUSTER_SCHEME):
-            url = "redis://" + url[len(_CLUSTER_SCHEME) :]
-            cluster = True
-        self._cluster = bool(cluster)
+        # Checks read with the read timeouts (through the pipelined link where it serves
+        # the URL); writes, scripts and pub/sub go through redis-py with the longer ones.
+        self._reads = RedisConnection(
+            url,
+            cluster=bool(cluster),
+            connect_timeout_s=connect_timeout_s,
+            timeout_s=read_timeout_s,
+        )
+        self._writes = RedisConnection(
+            url,
+            cluster=bool(cluster),
+            connect_timeout_s=max(connect_timeout_s, 0.5),
+            timeout_s=write_timeout_s,
+        )
+        self._cluster = self._writes.cluster
         self._prefix = key_prefix
         self._channel = f"{key_prefix}inv"
         self._count_key = f"{key_prefix}n"
@@ -255,17 +261,8 @@ class RedisResultStore:
         self._chunk_rows = chunk_rows
         self._count_refresh_s = count_refresh_s
         self._maintenance_interval_s = maintenance_interval_s
-        # Checks read through one pipelined connection (cds.results.redis_wire) where it
-        # serves the URL; Cluster and TLS read through redis-py.
-        self._pipe: PipelinedRedis | None = None
-        self._reader: Any = None
-        if not self._cluster and wire_supports(url):
-            self._pipe = PipelinedRedis(
-                url, connect_timeout_s=connect_timeout_s, timeout_s=read_timeout_s
-            )
-        else:
-            self._reader = self._client(url, connect_timeout_s, read_timeout_s)
-        self._writer = self._client(url, max(connect_timeout_s, 0.5), write_timeout_s)
+        self._pipe = self._reads.pipe
+        self._writer = self._writes.client
         self._put_sha = ""
         self._withdraw_sha = ""
         # patient -> (results, earliest row expiry µs)
@@ -281,18 +278,6 @@ class RedisResultStore:
         self._count = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-
-    def _client(self, url: str, connect_timeout_s: float, timeout_s: float) -> Any:
-        # One immediate retry, only on a connection error: a pooled connection that
-        # Redis closed (restart) is replaced at once; a timeout is not paid twice.
-        options: dict[str, Any] = {
-            "socket_connect_timeout": connect_timeout_s,
-            "socket_timeout": timeout_s,
-            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        }
-        if self._cluster:
-            return RedisCluster.from_url(url, **options)
-        return Redis.from_url(url, **options)
 
     def _key(self, patient_id: str) -> str:
         return f"{self._prefix}r:{{{patient_id}}}"
@@ -326,11 +311,8 @@ class RedisResultStore:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=3.0)
         self._tasks = []
-        if self._pipe is not None:
-            await self._pipe.aclose()
-        if self._reader is not None:
-            await self._reader.aclose()
-        await self._writer.aclose()
+        await self._reads.close()
+        await self._writes.close()
 
     # -- near-cache -----------------------------------------------------------------------
 
@@ -495,7 +477,7 @@ class RedisResultStore:
         if self._near_live and near is not None:
             cached = near.get(patient_id)
             # a cached patient whose earliest row has since expired is read afresh
-            if cached is not None and cached[1] > self._clock() * _US_PER_S:
+            if cached is not None and cached[1] > self._clock() * US_PER_SECOND:
                 return cached[0]
         epoch = self._epoch
         pipe = self._pipe
@@ -503,10 +485,12 @@ class RedisResultStore:
             raw = await pipe.hgetall(self._key(patient_id))
         else:
             try:
-                raw = await self._reader.hgetall(self._key(patient_id))
+                # bytes, as the pipe's: the clients leave replies undecoded
+                reply = await self._reads.client.hgetall(self._key(patient_id))
+                raw = cast("dict[bytes, bytes]", reply)
             except (RedisError, OSError) as exc:
                 raise ResultsUnavailable(f"redis read failed: {type(exc).__name__}") from exc
-        results, earliest_us, expired = _decode(raw, int(self._clock() * _US_PER_S))
+        results, earliest_us, expired = _decode(raw, int(self._clock() * US_PER_SECOND))
         if expired:
             self._to_prune.add(patient_id)
         if self._near_live and near is not None and self._epoch == epoch:
@@ -519,7 +503,7 @@ class RedisResultStore:
             await self._put_chunk(chunk)
 
     async def _put_chunk(self, rows: Sequence[StoredRow]) -> None:
-        now_us = int(self._clock() * _US_PER_S)
+        now_us = int(self._clock() * US_PER_SECOND)
         # patient -> (field/value pairs, already-expired result ids, latest expiry second)
         by_patient: dict[str, tuple[list[Any], list[str], list[int]]] = {}
         added: dict[int, int] = {}
@@ -544,7 +528,7 @@ class RedisResultStore:
         ]
         try:
             replies = await self._run_scripts(
-                "put", keys, args, [now_us // _US_PER_S], publish=list(by_patient)
+                "put", keys, args, [now_us // US_PER_SECOND], publish=list(by_patient)
             )
         except (RedisError, OSError) as exc:
             raise ResultsUnavailable(f"redis write failed: {type(exc).__name__}") from exc
@@ -574,14 +558,14 @@ class RedisResultStore:
                 raise ResultsUnavailable(f"redis write failed: {type(exc).__name__}") from exc
             finally:
                 self._invalidate(by_patient)
-            now_us = int(self._clock() * _US_PER_S)
+            now_us = int(self._clock() * US_PER_SECOND)
             removed: dict[int, int] = {}
             for old_values in replies:
                 for old in old_values:
                     if old is None:
                         continue
                     expires_s = _expiry_s(old)
-                    if expires_s * _US_PER_S > now_us:
+                    if expires_s * US_PER_SECOND > now_us:
                         withdrawn += 1
                     day = expires_s // _S_PER_DAY
                     removed[day] = removed.get(day, 0) - 1

@@ -3,10 +3,10 @@
 Why not redis-py for these. Its asyncio client takes a pooled connection per command
 (pid check, pool lock, health bookkeeping), wraps every send and every read in an
 ``asyncio.wait_for``, packs in Python and goes through its retry and observability
-layers: ~80–150 µs of CPU per ``HGETALL`` on a 2-vCPU VM (``/tmp``-style micro-benchmark
-and py-spy of the service under load: ``get_patient`` and the shared-decision writes
-were ~38 % of the server's GIL time). And under a burst it opens one connection per
-concurrent command, each paying a connect against the 50 ms connect timeout.
+layers: under load, ``get_patient`` and the shared-decision writes through it were a
+large share of the server's CPU. And under a burst it opens one connection per
+concurrent command, each paying a connect against the read path's short connect
+timeout.
 
 What this does instead. Redis answers the commands of one connection in order, so one
 connection carries every concurrent command: a command is appended to an output buffer
@@ -24,7 +24,8 @@ Connecting is shared by every caller and bounded by ``connect_timeout_s``.
 
 Scope. Plain TCP (``redis://``) and Unix sockets (``unix://``), with the URL's user,
 password and database. TLS (``rediss://``), Cluster and URL query options stay with
-redis-py (:func:`supports` says which), as do writes needing scripts and pub/sub.
+redis-py (:func:`supports` says which; :mod:`cds.results.redis_connection` picks the
+client), as do writes needing scripts and pub/sub.
 """
 
 from __future__ import annotations

@@ -67,13 +67,18 @@ def worker_log_path(path: str, index: int) -> str:
     return str(p.with_name(f"{p.stem}.w{index}{p.suffix}"))
 
 
-def open_memory(config: ServeConfig) -> DecisionMemory:
+def open_memory(config: ServeConfig, metrics: Metrics) -> DecisionMemory:
     """Shared through Redis when results are (several workers/replicas), else local."""
     if config.results is None:
         return DecisionMemory(config.max_decisions, config.decision_ttl)
     from cds.decisions.shared import SharedDecisionMemory
 
-    return SharedDecisionMemory(config.results, config.max_decisions, config.decision_ttl)
+    return SharedDecisionMemory(
+        config.results,
+        config.max_decisions,
+        config.decision_ttl,
+        on_unshared=metrics.decisions_unshared.inc,
+    )
 
 
 class CdsServer:
@@ -162,7 +167,7 @@ class CdsServer:
             recorder,
             authenticator=authenticator,
             credentials=credentials,
-            memory=open_memory(config),
+            memory=open_memory(config, metrics),
             role=role,
         )
 
