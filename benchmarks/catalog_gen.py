@@ -2,8 +2,8 @@
 
 The load benchmark runs on the shipped ``catalog/catalog.json``. Until that file exists
 (and for the smoke test) :func:`synthetic_catalog` builds one of the same shape
-(CONTRACT §2). :func:`grow_catalog` pads a catalogue with generated recognition items
-and gene tests to the size issue 4 reloads under load, keeping every original entry so
+(docs/reference.md, "Catalogue"). :func:`grow_catalog` pads a catalogue with generated
+recognition items and gene tests to the size reloaded under load, keeping every original entry so
 the running workload's codes keep their meaning across the reload.
 """
 

@@ -2,7 +2,7 @@
 
 They are NamedTuples rather than dataclasses on purpose: construction is a C-level
 tuple build (cheap on the per-request path) and a cached result costs exactly one
-tuple in memory (issue 4 budgets ~300 bytes per cached result). Enum numbers equal
+tuple in memory (the cache holds a million of them). Enum numbers equal
 the proto numbers, so the service layer converts with a plain int, and
 ``max()`` over decisions gives the most severe one.
 
@@ -88,7 +88,7 @@ DEFAULT_SEVERITY: dict[ReasonCode, Decision] = {
     ReasonCode.GENE_TEST_REPEATED: Decision.WARN,
 }
 
-# Reasons whose prompt offers the catalogue's override reasons (contract §1 Rules).
+# Reasons whose prompt offers the catalogue's override reasons (docs/reference.md).
 OVERRIDABLE_CODES: frozenset[str] = frozenset(
     {ReasonCode.RECOGNIZABLE_RESULT_EXISTS, ReasonCode.GENE_TEST_REPEATED}
 )

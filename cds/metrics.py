@@ -1,4 +1,4 @@
-"""Every Prometheus metric the service exports, defined in one place (contract §4).
+"""Every Prometheus metric the service exports, defined in one place (docs/reference.md).
 
 The hot path never looks a label up by string: every child it touches is created
 here at start and handed out as a plain attribute (a tuple indexed by decision, a dict
@@ -12,8 +12,8 @@ several servers (or a test) in one process do not collide.
 On the hot path nothing takes a lock: a lone server counts into plain ints
 (:class:`Tally`, :class:`LatencyTally`) that are folded into the Prometheus children
 when the registry is read, on the event loop's thread (:meth:`Metrics.attach`).
-Prometheus' own ``inc()`` takes a lock and costs ~0.6 µs; a Check touched five to
-eight of them. Scrapes see every call answered before the scrape began.
+Prometheus' own ``inc()`` takes a lock, and a Check touches five to eight counters.
+Scrapes see every call answered before the scrape began.
 
 With ``cds serve --workers N`` every worker writes its metrics to files in
 ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client multiprocess mode) and the parent
@@ -50,7 +50,8 @@ T = TypeVar("T")
 FOLD_WAIT_S = 0.5
 
 # Fine at the low end: a Check costs well under a millisecond, and the buckets must
-# separate 0.25 ms, 0.5 ms, 1 ms and 2.5 ms (issue 3, §7); the tail is kept for stalls.
+# tell a quarter, a half, one and two and a half milliseconds apart; the tail is kept
+# for stalls.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0001,
     0.00025,

@@ -23,14 +23,14 @@ from google.protobuf.descriptor import (
     MethodDescriptor,
 )
 
-from cds.auth import METHOD_ROLES
-from cds.catalog import schema
+from cds.catalog.load import schema
 from cds.cli import build_parser
 from cds.domain import DEFAULT_SEVERITY, OVERRIDABLE_CODES, ReasonCode
 from cds.metrics import Metrics
+from cds.rollout.state import MAX_ERROR_MESSAGE_BYTES
 from cds.service import validation
-from cds.service.check import MAX_COMMENT
-from cds.state import MAX_ERROR_MESSAGE_BYTES
+from cds.service.rpcs import METHOD_ROLES
+from cds.service.validation import MAX_COMMENT
 from cds.v1 import catalog_admin_pb2, order_check_pb2, result_feed_pb2, types_pb2
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
@@ -206,12 +206,12 @@ def test_the_request_limits_table_gives_the_limits_the_server_enforces(sections)
     rows = table(sections, "Request limits", "limit")
     documented = {_plain(r["limit"]): _plain(r["value"]) for r in rows}
     expected = {
-        "order lines per CheckRequest": validation.MAX_ITEMS,
-        "diagnosis codes per CheckRequest": validation.MAX_DIAGNOSES,
+        "order lines per CheckRequest": validation.ITEMS.most,
+        "diagnosis codes per CheckRequest": validation.DIAGNOSES.most,
         "characters in any string of a request (comment excepted)": validation.MAX_STRING,
         "characters in SubmitFeedbackRequest.comment": MAX_COMMENT,
-        "results per PutResultsRequest": validation.MAX_RESULTS,
-        "refs per WithdrawResultsRequest": validation.MAX_WITHDRAWALS,
+        "results per PutResultsRequest": validation.RESULTS.most,
+        "refs per WithdrawResultsRequest": validation.WITHDRAWALS.most,
         "errors listed in PutResultsResponse.errors": validation.MAX_RESULT_ERRORS,
         "Result.reported_at ahead of the server's clock, in seconds": (
             validation.FUTURE_SKEW_US // 1_000_000

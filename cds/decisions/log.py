@@ -75,7 +75,7 @@ class _Feedback(NamedTuple):
 
 # How long the writer gathers decisions before writing them. Waking the writer for each
 # WARN/BLOCK decision cost the Check path a thread switch, a GIL hand-over and a write
-# system call per decision, on the server's core; batched, those are paid ~20 times a
+# system call per decision, on the server's core; batched, they are paid a few times a
 # second. Feedback never waits for this: its fsync is awaited by the clinician.
 DECISION_GATHER_S = 0.05
 
@@ -200,7 +200,7 @@ class DecisionLog:
         Raises ``OSError`` if it could not be written (the caller must not acknowledge).
         Cancelling the caller (its deadline) while waiting for a queue slot enqueues
         nothing; cancelling after enqueueing still lets the record be written, which is
-        harmless because a repeated feedback is harmless (contract §1 Feedback).
+        harmless because a repeated feedback is harmless (docs/reference.md, Feedback).
         """
         if self._closing:
             raise RuntimeError("decision log is closed")

@@ -6,16 +6,16 @@ options were offered) and, for the log, the patient, institution, department and
 catalogue version. The contract asks for at least an hour, bounded in count (default
 100,000). Every decision has the same time to live and they arrive in time order, so
 an ``OrderedDict`` in insertion order is both the expiry queue and the bound: the
-oldest decision goes first either way (measured ~0.5 µs per Check against ~3.5 µs for
-a ``cachetools.TTLCache``, which keeps a link object and an LRU entry per key).
+oldest decision goes first either way, far cheaper per Check than a
+``cachetools.TTLCache``, which keeps a link object and an LRU entry per key.
 
 What is kept is the decision as it was answered, but as plain tuples of strings and
 ints (:func:`_compact`), rebuilt into domain objects only when feedback asks
 (:meth:`DecisionMemory.recall`). Plain tuples of untracked values are dropped from the
 cyclic garbage collector's lists after its first look at them; the domain NamedTuples
 and enums never are. A hundred thousand remembered decisions as NamedTuples were half a
-million tracked objects, walked by every full collection (a stall of ~0.1 s on the
-event loop every few seconds under load); compacted, they cost a collection nothing.
+million tracked objects, walked by every full collection (a stall of the event loop
+every few seconds under load); compacted, they cost a collection nothing.
 The record holds no diagnoses or order details beyond what the decision itself says.
 """
 

@@ -33,7 +33,7 @@ NATIONAL_RECOGNITION_POLICY = (
 @lru_cache(maxsize=65_536)
 def _day(zone: ZoneInfo, us: int) -> str:
     # Cached: a prior result is cited on every check of its patient, and datetime's
-    # zone conversion and formatting cost ~1.1 us against ~0.07 us for the look-up.
+    # zone conversion and formatting cost far more than the look-up.
     return dt.datetime.fromtimestamp(us // US_PER_SECOND, zone).date().isoformat()
 
 

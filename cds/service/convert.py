@@ -170,7 +170,6 @@ class ResponseBuilder:
     built once, copied in. A reason with prior results differs only in its message and
     its prior results: it is copied from a template with the rest (code, decision,
     source, the catalogue's override options) and those two are filled in place.
-    Measured on a one-warning, three-line order: 9.0 -> 6.0 µs per response (serialized).
     """
 
     __slots__ = ("_reasons", "_templates")
@@ -233,7 +232,7 @@ class ResponseBuilder:
         degraded: Sequence[str],
     ) -> order_check_pb2.CheckResponse:
         # items.add() builds each line in place; a list of ItemDecision kwargs-built
-        # messages would be copied into the field a second time (measured ~1.7x slower).
+        # messages would be copied into the field a second time.
         response = order_check_pb2.CheckResponse(
             decision_id=decision_id, decision=evaluation.decision, catalog_version=catalog_version
         )
