@@ -17,7 +17,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from cds.auth import new_token, token_entry
+from cds.security.auth import new_token, token_entry
 from cds.v1 import result_feed_pb2, types_pb2
 from tests.support.server import REPO_ROOT, RunningServer, running_server
 from tests.support.tls_certs import Authority
