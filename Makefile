@@ -32,11 +32,13 @@ run: venv proto
 
 test: venv proto
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Every benchmark in one run (< 10 min on 2 cores) -> benchmarks/results/. See
 # benchmarks/README.md; e.g. make bench BENCH_ARGS="--only engine,empty --profile".

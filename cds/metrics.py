@@ -109,8 +109,8 @@ class Tally:
 
     def __init__(self, child: Incrementable) -> None:
         self._child = child
-        self.n = 0
-        self._folded = 0
+        self.n: float = 0
+        self._folded: float = 0
 
     def inc(self, amount: float = 1) -> None:
         self.n += amount
@@ -204,7 +204,7 @@ class Metrics:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         if not multiprocess:
-            self.registry.register(_FoldFirst(self))  # type: ignore[arg-type]
+            self.registry.register(_FoldFirst(self))
         if not multiprocess:
             # Per-process collectors read this process only; a worker's would be lost
             # (the parent serves the files), so they exist in single-process mode only.

@@ -81,7 +81,8 @@ class CatalogError(Exception):
 
 def schema() -> dict[str, Any]:
     """The catalogue's JSON Schema, read from the installed package."""
-    return orjson.loads(_schema_bytes())
+    document: dict[str, Any] = orjson.loads(_schema_bytes())
+    return document
 
 
 @functools.cache
@@ -270,10 +271,14 @@ def _cross_errors(data: Mapping[str, Any]) -> list[_Error]:
         if "qualification_valid_until" in lab:
             _check_date(data, ("sendout_labs", i, "qualification_valid_until"), errors)
         for j, approval in _entries(lab, "approved"):
-            inst = approval.get("institution_id")
-            if isinstance(inst, str) and institutions is not None and inst not in institutions:
+            approved_at = approval.get("institution_id")
+            if (
+                isinstance(approved_at, str)
+                and institutions is not None
+                and approved_at not in institutions
+            ):
                 path: Path = ("sendout_labs", i, "approved", j, "institution_id")
-                errors.append(_Error(path, _unknown_inst(inst)))
+                errors.append(_Error(path, _unknown_inst(approved_at)))
             for k, code in _strings(approval, "gene_tests"):
                 if gene_tests is not None and code not in gene_tests:
                     path = ("sendout_labs", i, "approved", j, "gene_tests", k)

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from cds.config import ServeConfig
@@ -72,7 +72,7 @@ async def serve(
     *,
     log: logging.Logger,
     name: str = "cds",
-    reload: Callable[[], Awaitable[Any]] | None = None,
+    reload: Callable[[], Coroutine[Any, Any, Any]] | None = None,
     stop_when: asyncio.Future[Any] | None = None,
     stop_signals: Sequence[signal.Signals] = STOP_SIGNALS,
 ) -> int:

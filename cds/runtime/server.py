@@ -55,7 +55,7 @@ class WorkerRole(NamedTuple):
     workers, and a ``reload`` that has the parent reload every worker.
     """
 
-    index: int
+    number: int  # which worker: 0 .. N - 1
     catalog_content: bytes
     pseudonymizer: Pseudonymizer | None
     reload: Reloader
@@ -150,7 +150,7 @@ class CdsServer:
             snapshot = parse_catalog(content, source=config.catalog)
             state = CatalogState(config.catalog, snapshot, metrics=metrics)
             if decision_log is not None:
-                decision_log = worker_log_path(decision_log, role.index)
+                decision_log = worker_log_path(decision_log, role.number)
         recorder = open_recorder(
             decision_log,
             config.pseudonym_key,

@@ -370,8 +370,8 @@ class Supervisor:
         activated = [i for i, r in replies.items() if r is not None and r["ok"]]
         if targets and len(activated) == len(targets):
             self.content = content
-            reply = replies.get(origin) if origin is not None else None
-            reply = reply or replies[activated[0]]
+            reply = (replies.get(origin) if origin is not None else None) or replies[activated[0]]
+            assert reply is not None  # activated: it replied
             log.info(
                 "catalogue version %s activated in all %d workers", reply["version"], len(targets)
             )

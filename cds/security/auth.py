@@ -238,7 +238,7 @@ def bearer_token(metadata: Any) -> str | None:
         if key == "authorization":
             if isinstance(value, bytes):
                 value = value.decode("latin-1")
-            scheme, _, token = value.partition(" ")
+            scheme, _, token = str(value).partition(" ")
             if scheme.lower() == "bearer" and token:
                 return token.strip()
             return ""  # present but not a bearer token: treated as invalid credentials
@@ -336,7 +336,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_with_peer_check(self, handler: Handler, required: Role) -> Handler:
         if handler.request_streaming or handler.response_streaming:
             return _PERMISSION_DENIED  # no protected method streams; fail closed if one does
-        inner = handler.unary_unary
+        inner: Callable[[Any, Any], Any] | None = handler.unary_unary
+        if inner is None:
+            return _PERMISSION_DENIED
         is_async = inspect.iscoroutinefunction(inner)
         auth = self._auth
 
@@ -350,4 +352,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 return await inner(request, context)
             return inner(request, context)
 
-        return handler._replace(unary_unary=checked)
+        return grpc.unary_unary_rpc_method_handler(
+            checked,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

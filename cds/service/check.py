@@ -126,7 +126,7 @@ class OrderCheck:
         line = find_line(remembered, line_id)
         if line is None:
             raise RpcFailure(grpc.StatusCode.NOT_FOUND, "line_id: not a line of this decision")
-        outcome = request.outcome
+        outcome = int(request.outcome)  # an unknown number from a newer client stays an int
         if outcome == FeedbackOutcome.OVERRIDDEN:
             options = offered_overrides(line)
             if not options:

@@ -95,7 +95,7 @@ def checked_order(request: order_check_pb2.CheckRequest, now_us: int) -> Order:
     category = _CATEGORY.get
     unspecified = _UNSPECIFIED_CATEGORY
     line_ok = LINE.ok
-    items = []
+    items: list[OrderItem] = []
     append = items.append
     for i in request_items:
         line = (i.line_id, i.item_code, i.price_item_code, i.sendout_lab_id)
@@ -155,7 +155,7 @@ def override_option_proto(o: OverrideOption) -> types_pb2.OverrideOption:
 def reason_proto(r: Reason) -> types_pb2.Reason:
     return types_pb2.Reason(
         code=r.code,
-        decision=r.decision,
+        decision=r.decision,  # type: ignore[arg-type]  # domain enums carry the proto numbers
         message=r.message,
         prior_results=[prior_result_proto(p) for p in r.prior_results],
         override_options=[override_option_proto(o) for o in r.override_options],
@@ -203,7 +203,7 @@ class ResponseBuilder:
                 self._templates.clear()
             template = types_pb2.Reason(
                 code=r.code,
-                decision=r.decision,
+                decision=r.decision,  # type: ignore[arg-type]  # the proto's number
                 override_options=[override_option_proto(o) for o in options],
                 source=r.source,
             )
@@ -234,7 +234,9 @@ class ResponseBuilder:
         # items.add() builds each line in place; a list of ItemDecision kwargs-built
         # messages would be copied into the field a second time.
         response = order_check_pb2.CheckResponse(
-            decision_id=decision_id, decision=evaluation.decision, catalog_version=catalog_version
+            decision_id=decision_id,
+            decision=evaluation.decision,  # type: ignore[arg-type]  # the proto's number
+            catalog_version=catalog_version,
         )
         add = response.items.add
         for i in evaluation.items:
