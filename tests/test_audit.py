@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cds.decisions.log import DecisionLog
+from cds.decisions.log import DecisionEntry, DecisionLog
 from cds.domain import (
     Decision,
     EncounterType,
@@ -199,12 +199,14 @@ def test_decision_record_holds_the_audit_fields_and_no_raw_ids(
         log = DecisionLog(path, pseud)
         log.start()
         log.log_decision(
-            decision_id="d-1",
-            order=make_order(),
-            evaluation=make_evaluation(),
-            catalog_version="2025.06",
-            degraded=("RESULTS_UNAVAILABLE",),
-            at_us=AT_US,
+            DecisionEntry(
+                decision_id="d-1",
+                order=make_order(),
+                evaluation=make_evaluation(),
+                catalog_version="2025.06",
+                degraded=("RESULTS_UNAVAILABLE",),
+                at_us=AT_US,
+            )
         )
         await log.close()
 
@@ -330,12 +332,14 @@ def test_log_decision_never_waits_and_reports_each_drop_when_the_queue_is_full(
     # Writer not started: nothing drains the queue, so a blocking design would hang here.
     for i in range(5):
         log.log_decision(
-            decision_id=f"d-{i}",
-            order=make_order(),
-            evaluation=make_evaluation(),
-            catalog_version="v",
-            degraded=(),
-            at_us=AT_US,
+            DecisionEntry(
+                decision_id=f"d-{i}",
+                order=make_order(),
+                evaluation=make_evaluation(),
+                catalog_version="v",
+                degraded=(),
+                at_us=AT_US,
+            )
         )
     assert len(drops) == 2
     assert log.pending == 3

@@ -56,7 +56,10 @@ def _rfc3339(at_us: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{us:06d}Z"
 
 
-class _Decision(NamedTuple):
+class DecisionEntry(NamedTuple):
+    """One decided order as the Check path hands it over: the domain objects as they are,
+    so the hot path pays a tuple; what the record holds is worked out by the writer."""
+
     decision_id: str
     order: Order
     evaluation: Evaluation
@@ -109,7 +112,7 @@ class DecisionLog:
         self._on_drop = on_drop or (lambda: None)
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
-        self._items: deque[_Decision | _Feedback] = deque()
+        self._items: deque[DecisionEntry | _Feedback] = deque()
         self._n_decisions = 0
         self._closing = False
         self._idle = False  # the writer waits for work (a decision must wake it)
@@ -153,18 +156,8 @@ class DecisionLog:
 
     # -- producers ----------------------------------------------------------------------
 
-    def log_decision(
-        self,
-        *,
-        decision_id: str,
-        order: Order,
-        evaluation: Evaluation,
-        catalog_version: str,
-        degraded: Sequence[str],
-        at_us: int,
-    ) -> None:
-        """Queue a WARN/BLOCK decision; never blocks. Dropped (``on_drop()``) when full."""
-        record = _Decision(decision_id, order, evaluation, catalog_version, tuple(degraded), at_us)
+    def log_decision(self, record: DecisionEntry) -> None:
+        """Queue a decision; never blocks. Dropped (``on_drop()``) when full."""
         with self._lock:
             if self._n_decisions < self._max_decisions and not self._closing:
                 self._items.append(record)
@@ -259,7 +252,7 @@ class DecisionLog:
             self._write_batch(batch)
         self._close_file()
 
-    def _write_batch(self, batch: list[_Decision | _Feedback]) -> None:
+    def _write_batch(self, batch: list[DecisionEntry | _Feedback]) -> None:
         feedback: list[_Feedback] = []
         error: OSError | None = None
         dropped = 0
@@ -273,7 +266,7 @@ class DecisionLog:
                 self._append(line)
             except OSError as exc:
                 error = exc
-                if isinstance(item, _Decision):
+                if isinstance(item, DecisionEntry):
                     dropped += 1
         try:
             if feedback and error is None:
@@ -308,7 +301,7 @@ class DecisionLog:
             if isinstance(item, _Feedback):
                 item.future.set_exception(exc)
 
-    def _decision_line(self, d: _Decision) -> bytes:
+    def _decision_line(self, d: DecisionEntry) -> bytes:
         p = self._pseudonymizer
         order = d.order
         items = []

@@ -9,13 +9,12 @@ pseudonymised, is the log's business. ``--no-decision-log``
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 from cds.config import DEFAULT_DECISION_LOG_BACKUPS, DEFAULT_DECISION_LOG_MAX_BYTES
-from cds.decisions.log import DecisionLog
+from cds.decisions.log import DecisionEntry, DecisionLog
 from cds.decisions.memory import Remembered
-from cds.domain import Evaluation, FeedbackOutcome, ItemDecision, Order
+from cds.domain import FeedbackOutcome, ItemDecision
 from cds.metrics import Metrics
 from cds.security.pseudonyms import Pseudonymizer
 
@@ -44,18 +43,9 @@ class DecisionRecorder(Protocol):
     clinician's override is acknowledged on that promise.
     """
 
-    def decision(
-        self,
-        *,
-        decision_id: str,
-        order: Order,
-        evaluation: Evaluation,
-        catalog_version: str,
-        degraded: Sequence[str],
-        at_us: int,
-    ) -> None:
-        """Keyword-only, exactly :meth:`cds.decisions.log.DecisionLog.log_decision`, so the audit
-        recorder hands the Check path that method itself rather than a forwarder."""
+    def decision(self, entry: DecisionEntry) -> None:
+        """Exactly :meth:`cds.decisions.log.DecisionLog.log_decision`, so the audit recorder
+        hands the Check path that method itself rather than a forwarder."""
         ...
 
     async def feedback(self, record: FeedbackRecord) -> None: ...
@@ -70,16 +60,7 @@ class DecisionRecorder(Protocol):
 class NoRecorder:
     """No decision log configured: decisions and feedback are validated, not kept."""
 
-    def decision(
-        self,
-        *,
-        decision_id: str,
-        order: Order,
-        evaluation: Evaluation,
-        catalog_version: str,
-        degraded: Sequence[str],
-        at_us: int,
-    ) -> None:
+    def decision(self, entry: DecisionEntry) -> None:
         return None
 
     async def feedback(self, record: FeedbackRecord) -> None:

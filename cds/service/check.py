@@ -15,6 +15,7 @@ import time
 import grpc
 
 from cds.config import DEFAULT_DEADLINE_CAP_SECONDS
+from cds.decisions.log import DecisionEntry
 from cds.decisions.memory import (
     DecisionIds,
     DecisionMemory,
@@ -23,7 +24,7 @@ from cds.decisions.memory import (
     offered_overrides,
 )
 from cds.decisions.recorder import DecisionRecorder, FeedbackRecord
-from cds.domain import RESULTS_UNAVAILABLE, Decision, FeedbackOutcome
+from cds.domain import RESULTS_UNAVAILABLE, Decision, FeedbackOutcome, new_tuple
 from cds.metrics import Metrics
 from cds.results.base import EMPTY_RESULTS, ResultStore, ResultsUnavailable
 from cds.rollout.state import CatalogState
@@ -93,12 +94,9 @@ class OrderCheck:
                 reason_counters[reason.code].inc()
         if evaluation.decision > _ALLOW:
             self._recorder.decision(
-                decision_id=decision_id,
-                order=order,
-                evaluation=evaluation,
-                catalog_version=version,
-                degraded=degraded,
-                at_us=now_us,
+                new_tuple(
+                    DecisionEntry, (decision_id, order, evaluation, version, degraded, now_us)
+                )
             )
         return self._builder.response(decision_id, version, evaluation, degraded)
 
