@@ -26,8 +26,9 @@ ALLOWED: dict[str, set[str]] = {
     "rules": {"domain", "catalog", "results"},
     "decisions": {"domain", "config", "metrics", "results", "security"},
     "rollout": {"domain", "catalog", "rules", "metrics"},
-    "service": _BELOW_SERVICE | {"rollout", "security", "v1"},
-    "runtime": _BELOW_SERVICE | {"rollout", "security", "service", "v1"},
+    "orders": {"domain", "config", "metrics", "results", "decisions", "rollout"},
+    "service": _BELOW_SERVICE | {"rollout", "orders", "security", "v1"},
+    "runtime": _BELOW_SERVICE | {"rollout", "orders", "security", "service", "v1"},
     "cli": {"config", "catalog", "results", "rollout", "runtime", "security", "v1"},
     "__main__": {"cli"},
 }

@@ -27,6 +27,8 @@ from cds.config import ServeConfig, split_host_port
 from cds.decisions.memory import DecisionMemory
 from cds.decisions.recorder import DecisionRecorder, open_recorder
 from cds.metrics import Metrics
+from cds.orders.checker import OrderChecker
+from cds.orders.feedback import FeedbackDesk
 from cds.results.base import ResultStore
 from cds.results.factory import open_store
 from cds.rollout.state import CatalogState
@@ -173,10 +175,10 @@ class CdsServer:
 
     def _register(self) -> None:
         cap = self.config.deadline_cap
+        checker = OrderChecker(self.state, self.store, self.memory, self.metrics, self.recorder)
+        desk = FeedbackDesk(self.memory, self.metrics, self.recorder)
         adapters = (
-            OrderCheck(
-                self.state, self.store, self.memory, self.metrics, self.recorder, deadline_cap_s=cap
-            ),
+            OrderCheck(checker, desk, deadline_cap_s=cap),
             ResultFeed(self.state, self.store, self.metrics, deadline_cap_s=cap),
             CatalogAdmin(self.state, self.role.reload if self.role is not None else None),
         )

@@ -1,0 +1,128 @@
+"""The clinician's answer to a warning or block: checked against the decision as it was
+shown, recorded durably, and only then acknowledged.
+
+The checks are the contract's (docs/reference.md, Feedback) and independent of the
+door the feedback came in by: a refusal is a :class:`FeedbackRefused` whose ``kind``
+each front door maps to its own status (gRPC codes, HTTP statuses) and whose message
+names the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from enum import Enum
+from typing import NamedTuple
+
+from cds.decisions.memory import DecisionMemory, FeedbackKey, find_line, offered_overrides
+from cds.decisions.recorder import DecisionRecorder, FeedbackRecord
+from cds.domain import FeedbackOutcome
+from cds.metrics import Metrics
+from cds.results.base import ResultsUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class Refusal(Enum):
+    INVALID = "invalid"  # the feedback itself is wrong: fix it
+    NOT_FOUND = "not_found"  # no such decision or line (or forgotten)
+    NOT_APPLICABLE = "not_applicable"  # the line's reasons do not allow it
+    UNAVAILABLE = "unavailable"  # could not be looked up or recorded now: retry
+
+
+class FeedbackRefused(Exception):
+    def __init__(self, kind: Refusal, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class Feedback(NamedTuple):
+    decision_id: str
+    line_id: str
+    outcome: int  # FeedbackOutcome's number; an unknown one from a newer client is refused
+    override_code: str
+    comment: str
+    clinician_id: str  # "" = the ordering clinician
+
+
+class FeedbackDesk:
+    """Takes feedback for the decisions ``memory`` remembers and records it."""
+
+    def __init__(
+        self, memory: DecisionMemory, metrics: Metrics, recorder: DecisionRecorder
+    ) -> None:
+        self._memory = memory
+        self._metrics = metrics
+        self._recorder = recorder
+
+    async def submit(self, feedback: Feedback, timeout_s: float) -> None:
+        """Return once the feedback is recorded (or was already); raise FeedbackRefused.
+
+        ``timeout_s`` bounds the wait for the decision log.
+        """
+        decision_id, line_id, outcome, override_code, comment, clinician_id = feedback
+        try:
+            remembered = await self._memory.lookup(decision_id)
+        except ResultsUnavailable as e:
+            raise FeedbackRefused(Refusal.UNAVAILABLE, "decisions store unavailable; retry") from e
+        if remembered is None:
+            raise FeedbackRefused(Refusal.NOT_FOUND, "decision_id: unknown or no longer remembered")
+        line = find_line(remembered, line_id)
+        if line is None:
+            raise FeedbackRefused(Refusal.NOT_FOUND, "line_id: not a line of this decision")
+        if outcome == FeedbackOutcome.OVERRIDDEN:
+            options = offered_overrides(line)
+            if not options:
+                raise FeedbackRefused(
+                    Refusal.NOT_APPLICABLE,
+                    "line_id: none of this line's reasons can be overridden",
+                )
+            if not override_code:
+                raise FeedbackRefused(
+                    Refusal.INVALID, "override_code: required when outcome is OVERRIDDEN"
+                )
+            option = options.get(override_code)
+            if option is None:
+                raise FeedbackRefused(
+                    Refusal.INVALID,
+                    "override_code: not one of the offered override reasons ("
+                    + ", ".join(options)
+                    + ")",
+                )
+            if option.requires_comment and not comment.strip():
+                raise FeedbackRefused(
+                    Refusal.INVALID, f"comment: required for override reason {option.code}"
+                )
+        elif outcome != FeedbackOutcome.ACCEPTED:
+            raise FeedbackRefused(Refusal.INVALID, "outcome: must be ACCEPTED or OVERRIDDEN")
+        key = FeedbackKey(outcome, override_code, comment, clinician_id)
+        if self._memory.already_recorded(decision_id, line_id, key):
+            return
+        self._memory.mark_recorded(decision_id, line_id, key)
+        record = FeedbackRecord(
+            decision_id,
+            line_id,
+            FeedbackOutcome(outcome),
+            override_code,
+            comment,
+            # Without a clinician on the feedback, it is the ordering clinician's.
+            clinician_id or remembered.clinician_id,
+            time.time_ns() // 1000,
+            remembered,
+            line,
+        )
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._recorder.feedback(record)
+        except Exception as e:
+            log.warning("feedback not recorded: %s: %s", type(e).__name__, e)
+            self._memory.forget_recorded(decision_id, line_id)
+            raise FeedbackRefused(
+                Refusal.UNAVAILABLE, "feedback could not be recorded; retry"
+            ) from e
+        if outcome == FeedbackOutcome.ACCEPTED:
+            self._metrics.feedback_accepted.inc()
+        else:
+            self._metrics.feedback_overridden.inc()
