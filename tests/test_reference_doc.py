@@ -27,10 +27,10 @@ from cds.catalog.load import schema
 from cds.cli import build_parser
 from cds.domain import DEFAULT_SEVERITY, OVERRIDABLE_CODES, ReasonCode
 from cds.metrics import Metrics
+from cds.orders import validation
+from cds.orders.validation import MAX_COMMENT
 from cds.rollout.state import MAX_ERROR_MESSAGE_BYTES
-from cds.service import validation
 from cds.service.rpcs import METHOD_ROLES
-from cds.service.validation import MAX_COMMENT
 from cds.v1 import catalog_admin_pb2, order_check_pb2, result_feed_pb2, types_pb2
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
