@@ -351,6 +351,8 @@ def _registered_metrics() -> dict[str, tuple[str, frozenset[str]]]:
     """Exposed name -> (type, label names) of every family a Metrics registers."""
     metrics = Metrics()
     metrics.rpc("cds.v1.OrderCheckService", "Check")  # so the grpc_* families have children
+    metrics.hooks_answered("service", "cds-order-sign", 200, 0.001)  # and cds_hooks_*
+    metrics.hooks_jwt_refused.labels("expired")
     found = {}
     for family in metrics.registry.collect():
         labels: set[str] = set()
