@@ -213,7 +213,7 @@ class JwtVerifier:
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise JwtRefused("missing", "Authorization: Bearer <JWT> required")
+            raise JwtRefused("missing", "Bearer <JWT> required")
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
