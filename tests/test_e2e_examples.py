@@ -7,11 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import subprocess
 
 import pytest
 
-from tests.support.server import REPO_ROOT, cds_command, running_server, server_env
+from tests.support.server import REPO_ROOT, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -53,15 +52,8 @@ def test_every_row_of_the_table_names_its_examples_and_they_exist():
 
 
 def cds(server, *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        cds_command(*args, "--server", server.address),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=server_env(),
-        timeout=60,
-        check=True,
-    )
+    done = server.cli(*args, stdin=stdin)
+    assert done.returncode == 0, done.stderr
     return done.stdout
 
 

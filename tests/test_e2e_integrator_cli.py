@@ -4,13 +4,12 @@ real server, so the whole check-and-feedback loop runs from a shell."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
 from cds.v1 import result_feed_pb2
 from tests.support.protos import DAY_US, now_us, result
-from tests.support.server import cds_command, running_server, server_env
+from tests.support.server import running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -42,14 +41,7 @@ def server(tmp_path_factory):
 
 
 def cds(server, *args, stdin=None):
-    return subprocess.run(
-        cds_command(*args, "--server", server.address),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=server_env(),
-        timeout=60,
-    )
+    return server.cli(*args, stdin=stdin)
 
 
 def test_check_as_text_is_a_line_per_order_line_reasons_indented_and_options_once(server):

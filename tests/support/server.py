@@ -76,6 +76,17 @@ class RunningServer:
     killed: bool = field(default=False)
     hooks_url: str = ""  # the CDS Hooks base URL, with --hooks-listen
 
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``cds <args> --server <this server>``, as a user types it."""
+        return subprocess.run(
+            cds_command(*args, "--server", self.address),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=server_env(),
+            timeout=60,
+        )
+
     def hooks(
         self,
         path: str,
