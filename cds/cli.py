@@ -54,8 +54,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="send a CheckRequest (JSON) and print the answer")
     check.add_argument("file", nargs="?", default="-", help="JSON request file, - for stdin")
+    check.add_argument(
+        "--format",
+        choices=("json", "text"),
+        default="json",
+        help="json: the CheckResponse as proto JSON (default); text: one line per order "
+        "line, its reasons indented, the override options once",
+    )
     _client_args(check)
     check.set_defaults(func=_check)
+
+    feedback = sub.add_parser(
+        "feedback", help="send the clinician's answer to a decision's line (SubmitFeedback)"
+    )
+    feedback.add_argument("decision_id", metavar="DECISION_ID")
+    feedback.add_argument("line_id", metavar="LINE_ID")
+    outcome = feedback.add_mutually_exclusive_group(required=True)
+    outcome.add_argument(
+        "--accepted", action="store_true", help="the clinician followed the reason"
+    )
+    outcome.add_argument(
+        "--overridden", metavar="CODE", help="proceeded anyway, with this override reason code"
+    )
+    feedback.add_argument(
+        "--comment", default="", metavar="TEXT", help="free text (required by some reasons)"
+    )
+    feedback.add_argument(
+        "--clinician",
+        default="",
+        metavar="ID",
+        help="clinician_id of who answered (default: who ordered)",
+    )
+    _client_args(feedback)
+    feedback.set_defaults(func=_feedback)
 
     results = sub.add_parser("results", help="results feed commands").add_subparsers(
         dest="results_command", required=True
@@ -256,7 +287,84 @@ def _check(args: argparse.Namespace) -> int:
 
     def call(channel: Any) -> None:
         stub = order_check_pb2_grpc.OrderCheckServiceStub(channel)
-        _print_message(stub.Check(request, timeout=args.timeout))
+        response = stub.Check(request, timeout=args.timeout)
+        if args.format == "text":
+            sys.stdout.write(check_text(response))
+        else:
+            _print_message(response)
+
+    return _call(args, call)
+
+
+def _decision(value: int) -> str:
+    from cds.v1 import types_pb2
+
+    return types_pb2.Decision.Name(value).removeprefix("DECISION_")
+
+
+def _utc(ts: Any) -> str:
+    return str(ts.ToDatetime().strftime("%Y-%m-%d %H:%M UTC"))
+
+
+def check_text(response: Any) -> str:
+    """A CheckResponse for a person at a terminal: the order's decision and ids, one line
+    per order line with its reasons (and their prior results) indented under it, then
+    the override options once, with the command that sends one."""
+    out = [
+        f"{_decision(response.decision)}  decision {response.decision_id}"
+        f" · catalogue {response.catalog_version}"
+    ]
+    width = max((len(i.line_id) for i in response.items), default=0)
+    code_width = max((len(i.item_code) for i in response.items), default=0)
+    options: dict[str, Any] = {}
+    for item in response.items:
+        out.append(
+            f"  {item.line_id.ljust(width)}  {item.item_code.ljust(code_width)}  "
+            f"{_decision(item.decision)}"
+        )
+        for r in item.reasons:
+            out.append(f"      {_decision(r.decision)} {r.code}: {r.message}")
+            for p in r.prior_results:
+                out.append(
+                    f"          prior {p.result_id} from {p.institution_id}, reported "
+                    f"{_utc(p.reported_at)}, counts until {_utc(p.valid_until)}"
+                )
+            for o in r.override_options:
+                options.setdefault(o.code, o)
+    if options:
+        out.append(
+            f"override reasons (cds feedback {response.decision_id} LINE_ID --overridden CODE):"
+        )
+        code_width = max(len(code) for code in options)
+        out += [
+            f"  {o.code.ljust(code_width)}  {o.display}"
+            + ("  (needs --comment)" if o.requires_comment else "")
+            for o in options.values()
+        ]
+    if response.degraded:
+        out.append(f"degraded: {', '.join(response.degraded)} (checked on the catalogue alone)")
+    return "\n".join(out) + "\n"
+
+
+def _feedback(args: argparse.Namespace) -> int:
+    from cds.v1 import order_check_pb2, order_check_pb2_grpc, types_pb2
+
+    request = order_check_pb2.SubmitFeedbackRequest(
+        decision_id=args.decision_id,
+        line_id=args.line_id,
+        outcome=(
+            types_pb2.FEEDBACK_OUTCOME_ACCEPTED
+            if args.accepted
+            else types_pb2.FEEDBACK_OUTCOME_OVERRIDDEN
+        ),
+        override_code=args.overridden or "",
+        comment=args.comment,
+        clinician_id=args.clinician,
+    )
+
+    def call(channel: Any) -> None:
+        stub = order_check_pb2_grpc.OrderCheckServiceStub(channel)
+        _print_message(stub.SubmitFeedback(request, timeout=args.timeout))
 
     return _call(args, call)
 

@@ -54,6 +54,7 @@ def _setting(
 
 
 SECURITY = "security (docs/security.md)"
+HOOKS = "CDS Hooks (README, CDS Hooks)"
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,41 @@ class ServeConfig:
     log_level: str = field(
         default="INFO", metadata=_setting("Python logging level", metavar="LEVEL")
     )
+    # -- the CDS Hooks door (cds/hooks/): off unless --hooks-listen is given ------------
+    hooks_listen: str | None = field(
+        default=None,
+        metadata=_setting(
+            "also serve CDS Hooks 2.0 over HTTP here (HTTPS with --tls-cert); port 0 picks "
+            "a free one",
+            group=HOOKS,
+            metavar="HOST:PORT",
+        ),
+    )
+    hooks_institution: str | None = field(
+        default=None,
+        metadata=_setting(
+            "institution_id of CDS Hooks calls whose JWT carries no tenant",
+            group=HOOKS,
+            metavar="ID",
+        ),
+    )
+    hooks_jwt_issuers: str | None = field(
+        default=None,
+        metadata=_setting(
+            "trusted CDS clients (JSON: iss, public keys or a JWKS file); every call must "
+            "then carry their signed JWT; without it CDS Hooks takes no JWT (loopback only)",
+            group=HOOKS,
+        ),
+    )
+    hooks_base_url: str | None = field(
+        default=None,
+        metadata=_setting(
+            "the base URL CDS clients call (a JWT's aud must be this URL + /cds-services/…); "
+            "default http(s)://--hooks-listen",
+            group=HOOKS,
+            metavar="URL",
+        ),
+    )
 
     def __post_init__(self) -> None:
         errors = [e for e in self._problems() if e]
@@ -193,6 +229,34 @@ class ServeConfig:
                     out.append(str(e))
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             out.append(f"--log-level {self.log_level!r}: not a logging level")
+        out.extend(self._hooks_problems())
+        return out
+
+    def _hooks_problems(self) -> list[str]:
+        if self.hooks_listen is None:
+            return [
+                f"{_flag(name)} needs --hooks-listen"
+                for name in ("hooks_institution", "hooks_jwt_issuers", "hooks_base_url")
+                if getattr(self, name) is not None
+            ]
+        out = []
+        try:
+            split_host_port(self.hooks_listen, flag="--hooks-listen")
+        except ValueError as e:
+            out.append(str(e))
+        if self.hooks_institution is None and self.hooks_jwt_issuers is None:
+            out.append(
+                "--hooks-listen needs --hooks-institution (the institution the calls come "
+                "from) or --hooks-jwt-issuers (clients whose JWT tenant names it)"
+            )
+        if self.hooks_institution is not None and not 0 < len(self.hooks_institution) <= 128:
+            out.append("--hooks-institution: 1 to 128 characters")
+        if self.hooks_base_url is not None:
+            parts = urlsplit(self.hooks_base_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+                out.append(
+                    f"--hooks-base-url {self.hooks_base_url!r}: expected http(s)://HOST[:PORT][/PATH]"
+                )
         return out
 
 

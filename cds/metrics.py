@@ -307,6 +307,28 @@ class Metrics:
             "that reaches another worker or replica is not found.",
             registry=r,
         )
+        # The CDS Hooks door, counted like RPCs: endpoint (discovery, service, feedback,
+        # other), our service ids or "" (never a caller's path), the HTTP status.
+        self.hooks_requests = Counter(
+            "cds_hooks_requests_total",
+            "CDS Hooks HTTP requests answered, by endpoint, service and HTTP status.",
+            ("endpoint", "service", "status"),
+            registry=r,
+        )
+        self.hooks_seconds = Histogram(
+            "cds_hooks_request_seconds",
+            "Time from a CDS Hooks request's arrival to its response, in seconds.",
+            ("endpoint", "service"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.hooks_jwt_refused = Counter(
+            "cds_hooks_jwt_refused_total",
+            "CDS Hooks requests refused (401) for their JWT, by the rule that failed.",
+            ("reason",),
+            registry=r,
+        )
+        self._hooks_children: dict[tuple[str, ...], Any] = {}
         self.catalog_loaded = Gauge(
             "cds_catalog_loaded_timestamp_seconds",
             "When the active catalogue was activated (Unix time).",
@@ -379,3 +401,19 @@ class Metrics:
 
     def rpc(self, service: str, method: str) -> RpcMetrics:
         return RpcMetrics(self, service, method)
+
+    def hooks_answered(self, endpoint: str, service: str, status: int, seconds: float) -> None:
+        """Count one CDS Hooks request; the children are made on first use (few: the
+        label values are our endpoints, our service ids and the statuses we send)."""
+        handled = (endpoint, service, str(status))
+        counter = self._hooks_children.get(handled)
+        if counter is None:
+            counter = self.tally(self.hooks_requests.labels(*handled))
+            self._hooks_children[handled] = counter
+        counter.inc()
+        timed = (endpoint, service)
+        latency = self._hooks_children.get(timed)
+        if latency is None:
+            latency = self.latency_tally(self.hooks_seconds.labels(*timed))
+            self._hooks_children[timed] = latency
+        latency.observe(seconds)

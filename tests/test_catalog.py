@@ -437,6 +437,40 @@ def test_timezone_defaults_to_asia_shanghai() -> None:
     assert parse_catalog(orjson.dumps(doc)).timezone == "Asia/Shanghai"
 
 
+def test_cds_hooks_keys_default_to_our_item_urn_and_no_report_links() -> None:
+    snap = parse_catalog(orjson.dumps(small_doc()))
+    assert snap.code_system == "urn:cds:item"
+    assert snap.report_url_template == ""
+
+
+def test_cds_hooks_keys_are_read_and_a_change_is_listed_in_the_diff() -> None:
+    doc = small_doc()
+    old = parse_catalog(orjson.dumps(doc))
+    doc["code_system"] = "http://loinc.org"
+    doc["report_url_template"] = "https://platform.example/report?id={result_id}"
+    new = parse_catalog(orjson.dumps(doc))
+    assert new.code_system == "http://loinc.org"
+    assert new.report_url_template == "https://platform.example/report?id={result_id}"
+    changes = diff_snapshots(old, new)
+    assert "code_system: urn:cds:item -> http://loinc.org" in changes
+    assert any(c.startswith("report_url_template: (none) -> https://") for c in changes)
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["https://platform.example/report", "ftp://x/{result_id}", "/report/{result_id}",
+     "https://x/{id}", "https://x/{result_id} y"],
+)  # fmt: skip
+def test_a_report_url_template_without_result_id_or_not_absolute_http_is_refused(
+    template: str,
+) -> None:
+    doc = small_doc()
+    doc["report_url_template"] = template
+    with pytest.raises(CatalogError) as refused:
+        parse_catalog(orjson.dumps(doc))
+    assert [e.split(":")[0] for e in refused.value.errors] == ["$.report_url_template"]
+
+
 def test_qualification_date_covers_its_whole_day_in_the_catalogue_zone() -> None:
     lab = parse_catalog(orjson.dumps(small_doc())).sendout_labs["L1"]
     # 2025-12-31 24:00 in Asia/Shanghai (UTC+8) is 2025-12-31T16:00Z.

@@ -30,8 +30,15 @@ def _config(**settings):
         ({"listen": "nowhere"}, "--listen 'nowhere': expected HOST:PORT"),
         ({"metrics_listen": "[::1]"}, "--metrics-listen '[::1]': expected [IPV6]:PORT"),
         ({"log_level": "LOUD"}, "--log-level 'LOUD': not a logging level"),
+        ({"hooks_listen": "127.0.0.1:0"}, "--hooks-listen needs --hooks-institution"),
+        ({"hooks_listen": "nowhere", "hooks_institution": "H1"},
+         "--hooks-listen 'nowhere': expected HOST:PORT"),
+        ({"hooks_institution": "H1"}, "--hooks-institution needs --hooks-listen"),
+        ({"hooks_jwt_issuers": "i.json"}, "--hooks-jwt-issuers needs --hooks-listen"),
+        ({"hooks_listen": "127.0.0.1:0", "hooks_institution": "H1",
+          "hooks_base_url": "cds.example"}, "--hooks-base-url 'cds.example': expected http"),
     ],
-)
+)  # fmt: skip
 def test_a_contradictory_setting_is_refused_naming_the_flag(settings, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         _config(**settings)

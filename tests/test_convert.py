@@ -12,6 +12,7 @@ from cds.domain import (
     PriorResult,
     Reason,
 )
+from cds.orders.validation import FUTURE_SKEW_US
 from cds.service.convert import (
     ResponseBuilder,
     checked_order,
@@ -20,7 +21,6 @@ from cds.service.convert import (
     timestamp_us,
     us_timestamp,
 )
-from cds.service.validation import FUTURE_SKEW_US
 from cds.v1 import result_feed_pb2, types_pb2
 from tests.support.protos import check_request, item, result
 

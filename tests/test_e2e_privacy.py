@@ -16,6 +16,7 @@ import pytest
 
 from cds.security.auth import new_token, token_entry
 from cds.v1 import catalog_admin_pb2, order_check_pb2, result_feed_pb2, types_pb2
+from tests.support.cds_clients import CdsClient, issuers_file
 from tests.support.protos import DAY_US, check_request, item, now_us, result
 from tests.support.server import load_test_catalog, running_server
 
@@ -31,6 +32,8 @@ COMMENT = "COMMENT-PRIV free text about the patient"
 # Never anywhere the service writes (the comment is the decision log's to keep).
 RAW_IDS = (PATIENT, OTHER_PATIENT, CLINICIAN, DIAGNOSIS, MDT_RECORD, REQUEST_ID)
 TOKENS = {role: new_token() for role in ("emr", "feed", "admin")}
+EMR_CLIENT = CdsClient("https://emr.privacy.example/")
+JWTS: list[str] = []  # every JWT the session sent: never anywhere the service writes
 
 
 def bearer(role: str) -> tuple[tuple[str, str], ...]:
@@ -151,6 +154,7 @@ def run_session(s: Any) -> list[tuple[grpc.StatusCode, str]]:
         refused(lambda: s.check.Check(check_request(patient_id=PATIENT), timeout=5)),
         refused(lambda: s.check.Check(check_request(patient_id=PATIENT), timeout=5, metadata=feed)),
     ]
+    refusals += hooks_session(s)
     answer = s.feed.PutResults(
         result_feed_pb2.PutResultsRequest(
             results=[
@@ -167,11 +171,69 @@ def run_session(s: Any) -> list[tuple[grpc.StatusCode, str]]:
     return refusals
 
 
+def hooks_session(s: Any) -> list[tuple[grpc.StatusCode, str]]:
+    """The same identifiers through the CDS Hooks door: a call with cards, feedback with
+    the comment, and bad requests carrying the identifiers; the refusals' wording."""
+
+    def call(path: str, body: Any, **claims: Any) -> tuple[int, Any]:
+        token = EMR_CLIENT.token(s.hooks_url + path, tenant="H1", **claims)
+        JWTS.append(token)
+        return s.hooks(path, body, headers={"Authorization": f"Bearer {token}"})
+
+    def order(patient_id: str, request_id: str = REQUEST_ID) -> dict[str, Any]:
+        lines = [("sr-k", "K"), ("sr-g", "EGFR")]  # EGFR without consent: a block
+        return {
+            "hook": "order-sign",
+            "hookInstance": request_id,
+            "context": {
+                "patientId": patient_id,
+                "userId": f"Practitioner/{CLINICIAN}",
+                "draftOrders": {
+                    "resourceType": "Bundle",
+                    "entry": [
+                        {"resource": {"resourceType": "ServiceRequest", "id": sr,
+                                      "code": {"coding": [{"system": "urn:cds:item",
+                                                           "code": code}]}}}
+                        for sr, code in lines
+                    ],
+                },
+            },
+            "prefetch": {
+                "conditions": {
+                    "resourceType": "Condition",
+                    "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10",
+                                         "code": DIAGNOSIS}]},
+                }
+            },
+            "extension": {"urn:cds:first-oncology-visit": True,
+                          "urn:cds:mdt-record-id": MDT_RECORD},
+        }  # fmt: skip
+
+    sign = "/cds-services/cds-order-sign"
+    status, body = call(sign, order(PATIENT))
+    assert status == 200 and len(body["cards"]) == 2, body
+    card = next(c for c in body["cards"] if c["extension"]["cds.decision"]["line_id"] == "sr-k")
+    reason = {"reason": {"system": "urn:cds:override-reason", "code": "OTHER"},
+              "userComment": COMMENT}  # fmt: skip
+    entry = {"card": card["uuid"], "outcome": "overridden", "overrideReason": reason}
+    assert call(sign + "/feedback", {"feedback": [entry]}) == (200, {})
+    bad = [
+        call(sign, order(PATIENT + "y" * 128)),
+        call(sign, order(PATIENT, REQUEST_ID + "z" * 128)),
+        call(sign + "/feedback", {"feedback": [{"card": PATIENT, "outcome": "accepted"}]}),
+        call(sign, order(PATIENT), exp=int(now_us() // 1_000_000) - 3600),
+    ]
+    assert [status for status, _ in bad] == [400, 400, 404, 401]
+    return [(grpc.StatusCode.OK, issue["diagnostics"]) for _, b in bad for issue in b["issue"]]
+
+
 @pytest.mark.parametrize("level", ["INFO", "DEBUG"])
 def test_no_raw_identifier_in_logs_decision_log_metrics_or_error_messages(tmp_path, level):
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({"tokens": [token_entry(r, r, t) for r, t in TOKENS.items()]}))
+    issuers = issuers_file(tmp_path, EMR_CLIENT)
     args = ["--auth-tokens", str(tokens), "--log-level", level]
+    args += ["--hooks-listen", "127.0.0.1:0", "--hooks-jwt-issuers", str(issuers)]
     with running_server(tmp_path, extra_args=args) as s:
         refusals = run_session(s)
         metrics = s.metrics_text()
@@ -184,7 +246,7 @@ def test_no_raw_identifier_in_logs_decision_log_metrics_or_error_messages(tmp_pa
     assert {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED} <= codes
     assert "validity_days" in log  # the failed SIGHUP reload is reported
     assert COMMENT in decision_log  # the one free text the decision log keeps, by design
-    assert decision_log.count('"type":"feedback"') == 2
+    assert decision_log.count('"type":"feedback"') == 3  # two by gRPC, one by CDS Hooks
     if level == "DEBUG":
         assert " DEBUG " in log
 
@@ -197,5 +259,6 @@ def test_no_raw_identifier_in_logs_decision_log_metrics_or_error_messages(tmp_pa
             assert not lines, f"{raw} in the {where}: {lines[:3]}"
     for where, text in (("server log", log), ("metrics", metrics)):
         assert "COMMENT-PRIV" not in text, where
-        for token in TOKENS.values():
+        for token in (*TOKENS.values(), *JWTS):
             assert token not in text, where
+    assert JWTS

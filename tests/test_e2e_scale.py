@@ -169,6 +169,7 @@ def test_the_listen_policy_is_checked_once_for_all_workers(tmp_path, redis_modul
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory, redis_module) -> Iterator[RunningServer]:
     args = ("--workers", "2", "--results", redis_module.url)
+    args += ("--hooks-listen", "127.0.0.1:0", "--hooks-institution", "H1")
     with running_server(tmp_path_factory.mktemp("workers"), catalog("w-1"), args) as server:
         yield server
 
@@ -212,6 +213,48 @@ def test_feedback_is_accepted_by_a_worker_other_than_the_one_that_decided(worker
         other.check.SubmitFeedback(feedback, timeout=5)
     finally:
         other.close()
+
+
+def test_every_worker_serves_cds_hooks_on_the_one_port_and_takes_the_others_feedback(workers):
+    """urllib opens a connection per request: the kernel spreads them over the workers."""
+    workers.feed.PutResults(
+        result_feed_pb2.PutResultsRequest(
+            results=[result("R-HOOKS", "hooks-workers", "K", "H1", now_us() - DAY_US)]
+        ),
+        timeout=5,
+    )
+    request = {
+        "hook": "order-sign",
+        "hookInstance": "w",
+        "context": {
+            "patientId": "hooks-workers",
+            "draftOrders": {
+                "resourceType": "Bundle",
+                "entry": [
+                    {
+                        "resource": {
+                            "resourceType": "ServiceRequest",
+                            "id": "sr",
+                            "code": {"coding": [{"system": "urn:cds:item", "code": "K"}]},
+                        }
+                    }
+                ],
+            },
+        },
+    }
+    cards = []
+    for _ in range(PROBES):
+        status, body = workers.hooks("/cds-services/cds-order-sign", request)
+        assert status == 200, body
+        cards += body["cards"]
+    prefixes = {c["extension"]["cds.decision"]["decision_id"].split("-")[0] for c in cards}
+    assert len(prefixes) == 2  # both workers answered
+    for card in cards:  # many of these reach the worker that did not decide
+        entry = {"card": card["uuid"], "outcome": "accepted"}
+        assert workers.hooks("/cds-services/cds-order-sign/feedback", {"feedback": [entry]}) == (
+            200,
+            {},
+        )
 
 
 def test_a_reload_by_rpc_or_sighup_reaches_every_worker(workers):

@@ -27,8 +27,10 @@ ALLOWED: dict[str, set[str]] = {
     "decisions": {"domain", "config", "metrics", "results", "security"},
     "rollout": {"domain", "catalog", "rules", "metrics"},
     "orders": {"domain", "config", "metrics", "results", "decisions", "rollout"},
+    # The CDS Hooks door: FHIR/CDS Hooks JSON <-> domain over HTTP, beside gRPC's.
+    "hooks": _BELOW_SERVICE | {"rollout", "orders", "security"},
     "service": _BELOW_SERVICE | {"rollout", "orders", "security", "v1"},
-    "runtime": _BELOW_SERVICE | {"rollout", "orders", "security", "service", "v1"},
+    "runtime": _BELOW_SERVICE | {"rollout", "orders", "security", "service", "hooks", "v1"},
     "cli": {"config", "catalog", "results", "rollout", "runtime", "security", "v1"},
     "__main__": {"cli"},
 }

@@ -27,10 +27,10 @@ from cds.catalog.load import schema
 from cds.cli import build_parser
 from cds.domain import DEFAULT_SEVERITY, OVERRIDABLE_CODES, ReasonCode
 from cds.metrics import Metrics
+from cds.orders import validation
+from cds.orders.validation import MAX_COMMENT
 from cds.rollout.state import MAX_ERROR_MESSAGE_BYTES
-from cds.service import validation
 from cds.service.rpcs import METHOD_ROLES
-from cds.service.validation import MAX_COMMENT
 from cds.v1 import catalog_admin_pb2, order_check_pb2, result_feed_pb2, types_pb2
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
@@ -351,6 +351,8 @@ def _registered_metrics() -> dict[str, tuple[str, frozenset[str]]]:
     """Exposed name -> (type, label names) of every family a Metrics registers."""
     metrics = Metrics()
     metrics.rpc("cds.v1.OrderCheckService", "Check")  # so the grpc_* families have children
+    metrics.hooks_answered("service", "cds-order-sign", 200, 0.001)  # and cds_hooks_*
+    metrics.hooks_jwt_refused.labels("expired")
     found = {}
     for family in metrics.registry.collect():
         labels: set[str] = set()

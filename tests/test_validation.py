@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cds.orders.validation import FUTURE_SKEW_US, InvalidRequest, result_error
 from cds.service.convert import checked_order
-from cds.service.validation import FUTURE_SKEW_US, InvalidRequest, result_error
 from cds.v1 import order_check_pb2
 from tests.support.protos import check_request, item
 
@@ -155,7 +155,7 @@ def test_result_reported_more_than_five_minutes_ahead_of_the_clock_is_refused():
 
 @pytest.mark.parametrize("table", ["ORDER", "LINE", "FEEDBACK", "RESULT"])
 def test_the_fast_check_and_the_wording_come_from_one_table(table):
-    from cds.service import validation
+    from cds.orders import validation
 
     strings = getattr(validation, table)
     good = ["x" for _ in strings.fields]

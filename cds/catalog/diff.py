@@ -114,7 +114,7 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot, *, limit: int = 500) -> 
     if old is None:
         return [f"no active catalogue; activating version {new.version} ({_counts(new)})"]
     lines: list[str] = []
-    for field in ("version", "effective_date", "timezone"):
+    for field in ("version", "effective_date", "timezone", "code_system", "report_url_template"):
         before, after = getattr(old, field), getattr(new, field)
         if before != after:
             lines.append(f"{field}: {before or '(none)'} -> {after or '(none)'}")

@@ -31,6 +31,7 @@ import jsonschema_rs
 import orjson
 
 from cds.catalog.snapshot import (
+    DEFAULT_CODE_SYSTEM,
     DEFAULT_TIMEZONE,
     GeneTest,
     Institution,
@@ -374,6 +375,8 @@ def _build(data: Mapping[str, Any], *, source: str, digest: str) -> Snapshot:
         severity=severity,
         source=source,
         digest=digest,
+        code_system=data.get("code_system", DEFAULT_CODE_SYSTEM),
+        report_url_template=data.get("report_url_template", ""),
     )
 
 

@@ -31,6 +31,8 @@ from cds.domain import (
 )
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
+# The coding system of item codes when the catalogue names none (CDS Hooks door).
+DEFAULT_CODE_SYSTEM = "urn:cds:item"
 
 
 class Institution(NamedTuple):
@@ -104,6 +106,10 @@ class Snapshot:
     # without a decade-long gene-test repeat interval pinning unknown lab rows.
     unknown_retention_us: int = 0
     _retention: Mapping[str, int] = field(default_factory=dict, repr=False)
+    # The CDS Hooks door: which codings of a ServiceRequest are our item codes, and
+    # where a card links a prior result ("" = no links).
+    code_system: str = DEFAULT_CODE_SYSTEM
+    report_url_template: str = ""
 
     @classmethod
     def create(
@@ -120,6 +126,8 @@ class Snapshot:
         severity: Mapping[str, Decision] | None = None,
         source: str = "",
         digest: str = "",
+        code_system: str = DEFAULT_CODE_SYSTEM,
+        report_url_template: str = "",
     ) -> Snapshot:
         """Index validated entries. Callers guarantee uniqueness and references."""
         recog = {r.code: r for r in recognition_items}
@@ -153,6 +161,8 @@ class Snapshot:
                 default=max(retention.values(), default=0),
             ),
             _retention=MappingProxyType(retention),
+            code_system=code_system,
+            report_url_template=report_url_template,
         )
 
     def retention_us(self, item_code: str) -> int:

@@ -7,8 +7,9 @@ the process's reload; a start that fails prints why and exits 1; a stop that dra
 cleanly exits 0.
 
 Checks that need doing once per ``cds serve``, whatever the number of processes —
-the protected-mode listen policy — are here too (:func:`check_transport`): the lone
-server and the supervisor call it before anything binds; a worker trusts its parent.
+the protected-mode listen policy, for gRPC and for CDS Hooks — are here too
+(:func:`check_transport`): the lone server and the supervisor call it before anything
+binds; a worker trusts its parent.
 """
 
 from __future__ import annotations
@@ -54,6 +55,17 @@ def check_transport(config: ServeConfig, log: logging.Logger) -> None:
         ),
         check_metrics_listen(config.metrics_listen),
     ]
+    if config.hooks_listen is not None:
+        warnings.append(
+            check_listen_policy(
+                config.hooks_listen,
+                tls=config.tls_cert is not None,
+                auth=config.hooks_jwt_issuers is not None,
+                insecure=config.insecure,
+                auth_name="JWT verification (--hooks-jwt-issuers)",
+                calls="call the CDS Hooks services",
+            )
+        )
     for warning in warnings:
         if warning is not None:
             log.warning("%s", warning)

@@ -26,6 +26,8 @@ from cds.catalog.load import CatalogError, parse_catalog
 from cds.config import ServeConfig, split_host_port
 from cds.decisions.memory import DecisionMemory
 from cds.decisions.recorder import DecisionRecorder, open_recorder
+from cds.hooks.ids import new_decision_ids
+from cds.hooks.server import HooksDoor
 from cds.metrics import Metrics
 from cds.orders.checker import OrderChecker
 from cds.orders.feedback import FeedbackDesk
@@ -35,7 +37,7 @@ from cds.rollout.state import CatalogState
 from cds.runtime.lifecycle import check_transport, print_refused_catalog, serve
 from cds.security.auth import Authenticator, AuthInterceptor
 from cds.security.pseudonyms import Pseudonymizer
-from cds.security.transport import server_credentials, server_options
+from cds.security.transport import https_context, server_credentials, server_options
 from cds.service.admin import CatalogAdmin, Reloader
 from cds.service.check import OrderCheck
 from cds.service.feed import ResultFeed
@@ -117,6 +119,7 @@ class CdsServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.authenticator = authenticator
         self._credentials = credentials
+        self.hooks: HooksDoor | None = None  # the CDS Hooks door, with --hooks-listen
         interceptors = (
             [AuthInterceptor(authenticator, METHOD_ROLES)] if authenticator is not None else []
         )
@@ -183,6 +186,17 @@ class CdsServer:
             CatalogAdmin(self.state, self.role.reload if self.role is not None else None),
         )
         register(self.server, adapters, self.metrics)
+        if self.config.hooks_listen is not None:
+            # Its own decision ids (they become card uuids, cds.hooks.ids); everything
+            # else — catalogue, store, memory, log, metrics — is the gRPC door's.
+            hooks_checker = OrderChecker(
+                self.state, self.store, self.memory, self.metrics, self.recorder,
+                ids=new_decision_ids(),
+            )  # fmt: skip
+            self.hooks = HooksDoor(
+                self.config, self.state, hooks_checker, desk, self.memory, self.metrics,
+                ssl_context=self._hooks_tls(), reuse_port=self.role is not None,
+            )  # fmt: skip
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
@@ -192,6 +206,12 @@ class CdsServer:
             ),
             self.server,
         )
+
+    def _hooks_tls(self) -> Any:
+        config = self.config
+        if config.tls_cert is None or config.tls_key is None:
+            return None
+        return https_context(config.tls_cert, config.tls_key, config.tls_client_ca)
 
     async def start(self) -> None:
         # The aio servicer starts out SERVING; nothing is served until we say so.
@@ -215,6 +235,8 @@ class CdsServer:
         else:  # the parent serves every worker's metrics
             self.spawn(self._publish_results_count())
         await self.server.start()
+        if self.hooks is not None:
+            await self.hooks.start()
         # What start-up built (modules, the catalogue, the engine: ~100k objects) lives
         # as long as the process: out of the collector's sight, a full collection walks
         # only what was made since (cached results and remembered decisions are kept
@@ -240,6 +262,8 @@ class CdsServer:
                 await asyncio.to_thread(self.authenticator.reload)
             except (OSError, ValueError) as e:
                 log.warning("tokens file not reloaded, the old credentials stay: %s", e)
+        if self.hooks is not None:
+            self.hooks.reload_credentials()
         if self.config.pseudonym_key is not None:
             try:
                 self.recorder.reload_keys(self.config.pseudonym_key)
@@ -259,6 +283,8 @@ class CdsServer:
 
     async def stop(self) -> bool:
         await self.health.enter_graceful_shutdown()
+        if self.hooks is not None:
+            await self.hooks.stop()  # its requests in progress get --grace too
         await self.server.stop(self.config.grace)
         for task in list(self._tasks):
             task.cancel()
@@ -274,12 +300,15 @@ class CdsServer:
         host = split_host_port(self.config.listen, flag="--listen")[0]
         where = f"on {host}:{self.grpc_port}"
         version = self.state.active.version
+        hooks = f", CDS Hooks on {self.hooks.url}" if self.hooks is not None else ""
         if self.role is not None:
-            return f"serving catalogue version {version} {where} (metrics through the parent)"
+            return (
+                f"serving catalogue version {version} {where} (metrics through the parent)" + hooks
+            )
         metrics_host = split_host_port(self.config.metrics_listen, flag="--metrics-listen")[0]
         return (
             f"serving catalogue version {version} {where}, "
-            f"metrics on http://{metrics_host}:{self.metrics_port}/metrics"
+            f"metrics on http://{metrics_host}:{self.metrics_port}/metrics{hooks}"
         )
 
     def draining(self) -> str:

@@ -127,8 +127,10 @@ class Supervisor:
         listen: str,
         metrics_dir: str,
         pseudonym_key: tuple[str, str] | None,
+        hooks_listen: str | None = None,
     ) -> None:
         self.config = config
+        self.hooks_listen = hooks_listen  # --hooks-listen resolved: every worker serves it
         self.content = content  # the catalogue in force: what a (re)started worker gets
         self.listen = listen
         self.metrics_dir = metrics_dir
@@ -171,6 +173,7 @@ class Supervisor:
                 "op": "init",
                 "index": index,
                 "listen": self.listen,
+                "hooks_listen": self.hooks_listen,
                 "config": asdict(self.config),
                 "pseudonym_key": self.pseudonym_key,
             }
@@ -265,9 +268,15 @@ class Supervisor:
     def serving(self) -> str:
         host, port = split_host_port(self.listen)
         ready = [w.ready.result() for w in self.workers if w is not None]
+        hooks = ""
+        if self.hooks_listen is not None:
+            hooks_host, hooks_port = split_host_port(self.hooks_listen)
+            scheme = "https" if self.config.tls_cert is not None else "http"
+            base = self.config.hooks_base_url or f"{scheme}://{hooks_host}:{hooks_port}"
+            hooks = f", CDS Hooks on {base.rstrip('/')}/cds-services"
         return (
             f"serving catalogue version {ready[0]['version']} on {host}:{port}, metrics on "
-            f"http://{self.metrics_address}/metrics ({self.config.workers} workers, pids "
+            f"http://{self.metrics_address}/metrics{hooks} ({self.config.workers} workers, pids "
             f"{','.join(str(r['pid']) for r in ready)}; results {_redacted(self.config.results)})"
         )
 
@@ -465,6 +474,14 @@ async def supervise(config: ServeConfig) -> int:
     except (OSError, ValueError) as e:
         print(f"cds: cannot start: {e}", file=sys.stderr)
         return 1
+    hooks_reserved, hooks_listen = None, None
+    if config.hooks_listen is not None:  # the CDS Hooks port, shared by the workers too
+        try:
+            hooks_reserved, hooks_listen = _reserve_port(config.hooks_listen)
+        except OSError as e:
+            reserved.close()
+            print(f"cds: cannot start: --hooks-listen: {e}", file=sys.stderr)
+            return 1
     pseudonym_key = None
     if config.decision_log is not None and config.pseudonym_key is None:
         log.warning(
@@ -473,7 +490,7 @@ async def supervise(config: ServeConfig) -> int:
         )
         pseudonym_key = (f"ephemeral-{secrets.token_hex(4)}", secrets.token_hex(MIN_KEY_BYTES))
     metrics_dir, own_dir = _prepare_metrics_dir()
-    supervisor = Supervisor(config, content, listen, metrics_dir, pseudonym_key)
+    supervisor = Supervisor(config, content, listen, metrics_dir, pseudonym_key, hooks_listen)
     httpd = None
     try:
         registry = CollectorRegistry()
@@ -497,5 +514,7 @@ async def supervise(config: ServeConfig) -> int:
             httpd.shutdown()
             httpd.server_close()
         reserved.close()
+        if hooks_reserved is not None:
+            hooks_reserved.close()
         if own_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -143,7 +143,11 @@ async def run(fd: int) -> int:
     reader, writer = await control.open_channel(socket.socket(fileno=fd))
     header, content = await control.receive(reader)
     index = header["index"]
-    config = replace(ServeConfig(**header["config"]), listen=header["listen"])
+    config = replace(
+        ServeConfig(**header["config"]),
+        listen=header["listen"],
+        hooks_listen=header.get("hooks_listen"),
+    )
     logging.basicConfig(
         level=config.log_level.upper(),
         stream=sys.stderr,

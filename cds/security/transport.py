@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 from pathlib import Path
 
 import grpc
@@ -61,6 +62,29 @@ def server_credentials(
     )
 
 
+def https_context(
+    cert: str | os.PathLike[str],
+    key: str | os.PathLike[str],
+    client_ca: str | os.PathLike[str] | None = None,
+) -> ssl.SSLContext:
+    """The same certificate, key and (mutual TLS) client CA as gRPC, for the CDS Hooks
+    door's HTTPS; TLS 1.2 at least, as the CDS Hooks spec's HTTPS requirement implies."""
+    _read_pem(cert, "--tls-cert")
+    if b"PRIVATE KEY-----" not in _read_pem(key, "--tls-key"):
+        raise TlsConfigError(f"--tls-key {key}: no PEM private key in it")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(os.fspath(cert), os.fspath(key))
+        if client_ca is not None:
+            _read_pem(client_ca, "--tls-client-ca")
+            context.load_verify_locations(os.fspath(client_ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+    except ssl.SSLError as e:
+        raise TlsConfigError(f"--tls-cert/--tls-key: not a usable pair ({e.reason})") from None
+    return context
+
+
 def is_loopback(listen: str) -> bool:
     """True only when the address is certainly local: loopback IPs, ``localhost``, a
     Unix socket. Any other name counts as reachable, since it may resolve anywhere."""
@@ -78,8 +102,16 @@ def is_loopback(listen: str) -> bool:
     return ip.is_loopback
 
 
-def check_listen_policy(listen: str, *, tls: bool, auth: bool, insecure: bool) -> str | None:
-    """Protected mode for the gRPC port.
+def check_listen_policy(
+    listen: str,
+    *,
+    tls: bool,
+    auth: bool,
+    insecure: bool,
+    auth_name: str = "authentication (--auth-tokens)",
+    calls: str = "call every RPC",
+) -> str | None:
+    """Protected mode for the gRPC port, and (``auth_name`` the JWT check) the CDS Hooks one.
 
     Returns None when the address is fine, a warning to log when ``--insecure`` overrides
     the policy, and raises ``ValueError`` (message fit for the operator) otherwise.
@@ -90,14 +122,14 @@ def check_listen_policy(listen: str, *, tls: bool, auth: bool, insecure: bool) -
         name
         for name, on in (
             ("TLS (--tls-cert/--tls-key)", tls),
-            ("authentication (--auth-tokens)", auth),
+            (auth_name, auth),
         )
         if not on
     )
     if insecure:
         return (
             f"--insecure: listening on {listen} without {missing}; anyone who can reach "
-            f"this address can call every RPC and read patient data in transit"
+            f"this address can {calls} and read patient data in transit"
         )
     raise ValueError(
         f"refusing to listen on {listen} without {missing}: the service handles patient "

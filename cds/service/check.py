@@ -13,9 +13,9 @@ import grpc
 from cds.config import DEFAULT_DEADLINE_CAP_SECONDS
 from cds.orders.checker import OrderChecker
 from cds.orders.feedback import Feedback, FeedbackDesk, FeedbackRefused, Refusal
+from cds.orders.validation import FEEDBACK, InvalidRequest
 from cds.service.convert import ResponseBuilder, checked_order
 from cds.service.rpc import RpcFailure, capped_timeout, invalid_argument
-from cds.service.validation import FEEDBACK, InvalidRequest
 from cds.v1 import order_check_pb2
 
 _EMPTY_FEEDBACK_RESPONSE = order_check_pb2.SubmitFeedbackResponse()

@@ -26,8 +26,7 @@ from cds.domain import (
     StoredResult,
     new_tuple,
 )
-from cds.results.base import StoredRow
-from cds.service.validation import (
+from cds.orders.validation import (
     DIAGNOSES,
     DIAGNOSIS,
     FUTURE_SKEW_US,
@@ -42,6 +41,7 @@ from cds.service.validation import (
     repeated_line_error,
     result_error,
 )
+from cds.results.base import StoredRow
 from cds.v1 import order_check_pb2, result_feed_pb2, types_pb2
 
 _CATEGORY: dict[int, ItemCategory] = {c.value: c for c in ItemCategory}
@@ -68,7 +68,7 @@ def checked_order(request: order_check_pb2.CheckRequest, now_us: int) -> Order:
     """The domain order, or :class:`InvalidRequest` naming the first bad field.
 
     One pass: each string is read out of the proto once (upb builds a new ``str`` per
-    access) and checked against :mod:`cds.service.validation`'s tables as it is read;
+    access) and checked against :mod:`cds.orders.validation`'s tables as it is read;
     counts first, so a huge request is refused before anything is copied. An unset
     ``order_time`` means ``now_us``.
     """

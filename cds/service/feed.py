@@ -15,11 +15,11 @@ import grpc
 
 from cds.config import DEFAULT_DEADLINE_CAP_SECONDS
 from cds.metrics import Metrics
+from cds.orders.validation import RESULTS, WITHDRAWALS
 from cds.results.base import ResultStore, ResultsUnavailable
 from cds.rollout.state import CatalogState
 from cds.service.convert import refs_from_withdraw, rows_from_results
 from cds.service.rpc import RpcFailure, deadline_cap, invalid_argument
-from cds.service.validation import RESULTS, WITHDRAWALS
 from cds.v1 import result_feed_pb2
 
 _UNAVAILABLE = "results store unavailable; retry the batch"

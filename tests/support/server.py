@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ TEST_CATALOG = DATA / "catalog_v1.json"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 _READY = re.compile(r"on (\S+):(\d+), metrics on http://(\S+):(\d+)/metrics")
+_HOOKS = re.compile(r"CDS Hooks on (\S+)/cds-services")
 
 
 def server_env() -> dict[str, str]:
@@ -72,6 +74,42 @@ class RunningServer:
     channel: grpc.Channel
     stopped: bool = field(default=False)
     killed: bool = field(default=False)
+    hooks_url: str = ""  # the CDS Hooks base URL, with --hooks-listen
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``cds <args> --server <this server>``, as a user types it."""
+        return subprocess.run(
+            cds_command(*args, "--server", self.address),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=server_env(),
+            timeout=60,
+        )
+
+    def hooks(
+        self,
+        path: str,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+    ) -> tuple[int, Any]:
+        """``GET`` (no body) or ``POST`` (JSON ``body`` or raw ``data``) to ``<base><path>``;
+        the status and the decoded JSON answer."""
+        if body is not None:
+            data = json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.hooks_url + path,
+            data=data,
+            method="GET" if data is None else "POST",
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as refused:
+            return refused.code, json.loads(refused.read() or b"null")
 
     @property
     def check(self) -> order_check_pb2_grpc.OrderCheckServiceStub:
@@ -182,6 +220,8 @@ def running_server(
             else grpc.secure_channel(address, channel_credentials)
         )
         server = RunningServer(process, address, metrics_url, catalog_path, log_path, channel)
+        hooks = _HOOKS.search(log_path.read_text(encoding="utf-8", errors="replace"))
+        server.hooks_url = hooks.group(1) if hooks else ""
         status = server.health_status()
         assert status == health_pb2.HealthCheckResponse.SERVING, status
     except BaseException:

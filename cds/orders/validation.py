@@ -1,5 +1,9 @@
 """Every request limit, declared once, with the field named as the proto spells it.
 
+Both doors enforce these tables: gRPC quotes the names as they are, the CDS Hooks door
+translates them to the JSON path its caller sent (``context.patientId``), so a limit
+is one number whichever way the order came in.
+
 The tables below are the whole of what a request may hold: which strings are required,
 how long any string may be, how many items, diagnoses, results or withdrawals a request
 may carry. The same tables give both the fast check on the valid path and the wording
