@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from cds.decisions.memory import DecisionMemory, FeedbackKey, find_line, offered_overrides
 from cds.decisions.recorder import DecisionRecorder, FeedbackRecord
-from cds.domain import FeedbackOutcome
+from cds.domain import Decision, FeedbackOutcome, ItemDecision
 from cds.metrics import Metrics
 from cds.results.base import ResultsUnavailable
 
@@ -47,6 +47,49 @@ class Feedback(NamedTuple):
     clinician_id: str  # "" = the ordering clinician
 
 
+def _check_override(line: ItemDecision, override_code: str, comment: str) -> None:
+    """An override the line allows, or FeedbackRefused.
+
+    Reasons that offer override options take one of them (and its comment). A warning
+    without options (an indication mismatch, an in-house test sent out, a duplicate
+    line) still lets the clinician proceed: the override is then the comment alone,
+    which is what supervision reads. A block without options is fixed at its cause
+    (price item, consent, MDT, lab) and cannot be overridden at all.
+    """
+    options = offered_overrides(line)
+    if not options:
+        if line.decision >= Decision.BLOCK:
+            raise FeedbackRefused(
+                Refusal.NOT_APPLICABLE,
+                "line_id: none of this line's reasons can be overridden "
+                "(a block is fixed at its cause)",
+            )
+        if override_code:
+            raise FeedbackRefused(
+                Refusal.INVALID,
+                "override_code: this line offers no override reasons; "
+                "leave it empty and give the reason in comment",
+            )
+        if not comment.strip():
+            raise FeedbackRefused(
+                Refusal.INVALID,
+                "comment: required to override a warning that offers no override reasons",
+            )
+        return
+    if not override_code:
+        raise FeedbackRefused(Refusal.INVALID, "override_code: required when outcome is OVERRIDDEN")
+    option = options.get(override_code)
+    if option is None:
+        raise FeedbackRefused(
+            Refusal.INVALID,
+            "override_code: not one of the offered override reasons (" + ", ".join(options) + ")",
+        )
+    if option.requires_comment and not comment.strip():
+        raise FeedbackRefused(
+            Refusal.INVALID, f"comment: required for override reason {option.code}"
+        )
+
+
 class FeedbackDesk:
     """Takes feedback for the decisions ``memory`` remembers and records it."""
 
@@ -72,29 +115,15 @@ class FeedbackDesk:
         line = find_line(remembered, line_id)
         if line is None:
             raise FeedbackRefused(Refusal.NOT_FOUND, "line_id: not a line of this decision")
+        if not line.reasons:
+            # Nothing was shown: an "accepted" here would count a recognition that
+            # never was, and an override would answer a prompt nobody saw.
+            raise FeedbackRefused(
+                Refusal.NOT_APPLICABLE,
+                "line_id: this line showed no reason: there is nothing to accept or override",
+            )
         if outcome == FeedbackOutcome.OVERRIDDEN:
-            options = offered_overrides(line)
-            if not options:
-                raise FeedbackRefused(
-                    Refusal.NOT_APPLICABLE,
-                    "line_id: none of this line's reasons can be overridden",
-                )
-            if not override_code:
-                raise FeedbackRefused(
-                    Refusal.INVALID, "override_code: required when outcome is OVERRIDDEN"
-                )
-            option = options.get(override_code)
-            if option is None:
-                raise FeedbackRefused(
-                    Refusal.INVALID,
-                    "override_code: not one of the offered override reasons ("
-                    + ", ".join(options)
-                    + ")",
-                )
-            if option.requires_comment and not comment.strip():
-                raise FeedbackRefused(
-                    Refusal.INVALID, f"comment: required for override reason {option.code}"
-                )
+            _check_override(line, override_code, comment)
         elif outcome != FeedbackOutcome.ACCEPTED:
             raise FeedbackRefused(Refusal.INVALID, "outcome: must be ACCEPTED or OVERRIDDEN")
         key = FeedbackKey(outcome, override_code, comment, clinician_id)
