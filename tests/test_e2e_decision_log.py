@@ -40,7 +40,9 @@ def cli(*args: str, stdin: str = "") -> str:
 
 
 def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    """Decision and feedback records (counts records come on the minute and at exit)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] != "counts"]
 
 
 def warn_and_feedback(s: RunningServer, patient: str, result_id: str) -> str:
