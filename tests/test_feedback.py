@@ -147,3 +147,30 @@ def test_a_shown_reason_may_still_be_accepted_or_overridden_as_offered(tmp_path)
         ("emergency", "ACCEPTED"),
         ("fixed", "ACCEPTED"),
     ]
+
+
+def test_live_recognition_feedback_counts_the_latest_and_the_one_it_replaced(tmp_path):
+    desk = Desk(tmp_path)
+    desk.metrics.set_institutions(frozenset({"H1"}))
+    desk.submit("recognised", ACCEPTED)
+    desk.submit("recognised", ACCEPTED)  # a retry: not counted again
+    desk.submit("recognised", OVERRIDDEN, "OTHER", "复查")
+    desk.submit("mismatch", OVERRIDDEN, "", "MDT 讨论后决定检测")  # not a reminder
+
+    def value(name: str, outcome: str, reason: str) -> float | None:
+        labels = {"institution": "H1", "outcome": outcome, "reason": reason}
+        return desk.metrics.registry.get_sample_value(name, labels)
+
+    fed, replaced = "cds_recognition_feedback_total", "cds_recognition_feedback_replaced_total"
+    assert value(fed, "accepted", "") == 1
+    assert value(fed, "overridden", "OTHER") == 1
+    assert value(replaced, "accepted", "") == 1
+    assert value(replaced, "overridden", "OTHER") is None
+    assert value(fed, "overridden", "") is None
+
+
+def test_an_institution_outside_the_catalogue_is_labelled_other(tmp_path):
+    desk = Desk(tmp_path)  # no catalogue institutions known to the metrics
+    desk.submit("recognised", ACCEPTED)
+    labels = {"institution": "other", "outcome": "accepted", "reason": ""}
+    assert desk.metrics.registry.get_sample_value("cds_recognition_feedback_total", labels) == 1

@@ -351,6 +351,9 @@ def _registered_metrics() -> dict[str, tuple[str, frozenset[str]]]:
     """Exposed name -> (type, label names) of every family a Metrics registers."""
     metrics = Metrics()
     metrics.rpc("cds.v1.OrderCheckService", "Check")  # so the grpc_* families have children
+    metrics.recognition_reminded("H1")  # and the recognition ones
+    metrics.recognition_feedback("H1", "accepted", "")
+    metrics.recognition_feedback("H1", "accepted", "", replaced=True)
     found = {}
     for family in metrics.registry.collect():
         labels: set[str] = set()

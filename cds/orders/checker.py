@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from cds.decisions.log import GENE_FLAG, CountsEntry, CountsTree, DecisionEntry
 from cds.decisions.memory import DecisionIds, DecisionMemory
 from cds.decisions.recorder import DecisionRecorder
-from cds.domain import RESULTS_UNAVAILABLE, Decision, Evaluation, Order, new_tuple
+from cds.domain import RESULTS_UNAVAILABLE, Decision, Evaluation, Order, ReasonCode, new_tuple
 from cds.metrics import Metrics
 from cds.results.base import EMPTY_RESULTS, ResultStore, ResultsUnavailable
 from cds.rollout.state import Active, CatalogState
@@ -36,6 +36,7 @@ _DEGRADED_RESULTS = (RESULTS_UNAVAILABLE,)
 _NOT_DEGRADED: tuple[str, ...] = ()
 _ALLOW = Decision.ALLOW
 _NO_SILENT: tuple[()] = ()
+_REMINDED = str(ReasonCode.RECOGNIZABLE_RESULT_EXISTS)
 # Distinct count keys one interval keeps (a busy hospital has a few hundred a minute).
 DEFAULT_MAX_COUNT_KEYS = 10_000
 
@@ -62,6 +63,7 @@ class OrderChecker:
         "_keys",
         "_max_keys",
         "_memory",
+        "_metrics",
         "_reason_counters",
         "_recorder",
         "_state",
@@ -85,6 +87,7 @@ class OrderChecker:
         self._memory = memory
         self._recorder = recorder
         self._ids = ids or DecisionIds()
+        self._metrics = metrics
         self._item_counters = metrics.item_decisions
         self._reason_counters = metrics.reasons
         self._degraded = metrics.degraded_results
@@ -140,7 +143,10 @@ class OrderChecker:
             if reasons:
                 logged = True
                 for reason in reasons:
-                    reason_counters[reason.code].inc()
+                    code = reason.code
+                    reason_counters[code].inc()
+                    if code == _REMINDED:
+                        self._metrics.recognition_reminded(order.institution_id).inc()
         if logged:
             entry = (
                 decision_id,
@@ -162,6 +168,7 @@ class OrderChecker:
         self._active = active
         genes = self._gene_codes = frozenset(active.snapshot.gene_tests)
         self._institutions = frozenset(active.snapshot.institutions)
+        self._metrics.set_institutions(self._institutions)
         for _orders, departments in self._counts.values():
             for rows in departments.values():
                 for code, row in rows.items():

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from cds.decisions.memory import DecisionMemory, FeedbackKey, find_line, offered_overrides
 from cds.decisions.recorder import DecisionRecorder, FeedbackRecord
-from cds.domain import Decision, FeedbackOutcome, ItemDecision
+from cds.domain import Decision, FeedbackOutcome, ItemDecision, ReasonCode
 from cds.metrics import Metrics
 from cds.results.base import ResultsUnavailable
 
@@ -127,8 +127,9 @@ class FeedbackDesk:
         elif outcome != FeedbackOutcome.ACCEPTED:
             raise FeedbackRefused(Refusal.INVALID, "outcome: must be ACCEPTED or OVERRIDDEN")
         key = FeedbackKey(outcome, override_code, comment, clinician_id)
-        if self._memory.already_recorded(decision_id, line_id, key):
-            return
+        previous = self._memory.last_recorded(decision_id, line_id)
+        if previous == key:
+            return  # a retry: recorded already
         self._memory.mark_recorded(decision_id, line_id, key)
         record = FeedbackRecord(
             decision_id,
@@ -147,7 +148,10 @@ class FeedbackDesk:
                 await self._recorder.feedback(record)
         except Exception as e:
             log.warning("feedback not recorded: %s: %s", type(e).__name__, e)
-            self._memory.forget_recorded(decision_id, line_id)
+            if previous is None:
+                self._memory.forget_recorded(decision_id, line_id)
+            else:  # the earlier feedback is still the line's latest
+                self._memory.mark_recorded(decision_id, line_id, previous)
             raise FeedbackRefused(
                 Refusal.UNAVAILABLE, "feedback could not be recorded; retry"
             ) from e
@@ -155,3 +159,21 @@ class FeedbackDesk:
             self._metrics.feedback_accepted.inc()
         else:
             self._metrics.feedback_overridden.inc()
+        if any(r.code == ReasonCode.RECOGNIZABLE_RESULT_EXISTS for r in line.reasons):
+            self._count_recognition(remembered.institution_id, key, previous)
+
+    def _count_recognition(
+        self, institution: str, key: FeedbackKey, previous: FeedbackKey | None
+    ) -> None:
+        """The live counterpart of the report's "latest feedback counts": this one is
+        counted, and the one it replaces (known to this process) is counted as replaced."""
+        metrics = self._metrics
+        metrics.recognition_feedback(institution, *_labels(key)).inc()
+        if previous is not None:
+            metrics.recognition_feedback(institution, *_labels(previous), replaced=True).inc()
+
+
+def _labels(key: FeedbackKey) -> tuple[str, str]:
+    if key.outcome == FeedbackOutcome.ACCEPTED:
+        return "accepted", ""
+    return "overridden", key.override_code
