@@ -26,10 +26,11 @@ ALLOWED: dict[str, set[str]] = {
     "rules": {"domain", "catalog", "results"},
     "decisions": {"domain", "config", "metrics", "results", "security"},
     "rollout": {"domain", "catalog", "rules", "metrics"},
+    "supervision": {"domain", "catalog"},
     "orders": {"domain", "config", "metrics", "results", "decisions", "rollout"},
     "service": _BELOW_SERVICE | {"rollout", "orders", "security", "v1"},
     "runtime": _BELOW_SERVICE | {"rollout", "orders", "security", "service", "v1"},
-    "cli": {"config", "catalog", "results", "rollout", "runtime", "security", "v1"},
+    "cli": {"config", "catalog", "results", "rollout", "runtime", "security", "supervision", "v1"},
     "__main__": {"cli"},
 }
 
