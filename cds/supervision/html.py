@@ -435,7 +435,7 @@ def to_html(
 <section><h2>医师未互认比例与提醒量</h2>
 <p class="note">每个点为一名医师（化名）：横轴为收到的互认提醒次数，纵轴为其中填写理由未互认的比例；
 虚线为全部医师的比例。提醒多且远高于虚线者，值得抽查其理由。
-由化名追溯到人需经授权（见 README「质控科」一节）。</p>
+由化名追溯到人需经授权（见 README 的质控科一节：Supervision for the quality-control office）。</p>
 {_scatter(r["clinicians"])}</section>
 
 <section class="two">
