@@ -76,10 +76,29 @@ def build_parser() -> argparse.ArgumentParser:
         "per-worker files included) and print the supervision report. Exit 1 for input "
         "that cannot be read; a torn last line is skipped and counted.",
     )
-    report.add_argument("logs", nargs="+", metavar="LOG_OR_DIR")
-    report.add_argument("--catalog", metavar="PATH", help="names, prices and time zone")
-    report.add_argument("--from", dest="first", type=_day, metavar="YYYY-MM-DD")
-    report.add_argument("--to", dest="last", type=_day, metavar="YYYY-MM-DD")
+    report.add_argument(
+        "logs",
+        nargs="+",
+        metavar="LOG_OR_DIR",
+        help="decision-log files, or directories of them (several hosts' at once)",
+    )
+    report.add_argument(
+        "--catalog", metavar="PATH", help="the catalogue: names, prices and time zone"
+    )
+    report.add_argument(
+        "--from",
+        dest="first",
+        type=_day,
+        metavar="YYYY-MM-DD",
+        help="first day, in the catalogue's time zone (default: the first in the logs)",
+    )
+    report.add_argument(
+        "--to",
+        dest="last",
+        type=_day,
+        metavar="YYYY-MM-DD",
+        help="last day, inclusive (default: the last in the logs)",
+    )
     report.add_argument(
         "--institution",
         action="extend",
@@ -88,7 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="only these institutions (repeatable)",
     )
-    report.add_argument("--format", choices=("json", "csv", "html"), default="json")
+    report.add_argument(
+        "--format",
+        choices=("json", "csv", "html"),
+        default="json",
+        help="json for the provincial platform, csv for a spreadsheet, html to read "
+        "(default %(default)s)",
+    )
     report.add_argument("--out", metavar="PATH", help="write here instead of stdout")
     report.add_argument(
         "--concentration-min",
@@ -232,12 +257,16 @@ def _catalog_validate(args: argparse.Namespace) -> int:
     try:
         snapshot = load_catalog(args.path)
     except CatalogError as refused:
-        print(f"{args.path}: invalid, {len(refused.errors)} error(s):", file=sys.stderr)
-        for error in refused.errors:
-            print(f"  {error}", file=sys.stderr)
+        _print_errors(f"{args.path}: invalid, {len(refused.errors)} error(s):", refused.errors)
         return 1
     print(summarize(snapshot))
     return 0
+
+
+def _print_errors(head: str, errors: Sequence[str]) -> None:
+    print(head, file=sys.stderr)
+    for error in errors:
+        print(f"  {error}", file=sys.stderr)
 
 
 def _print_message(message: Message, out: TextIO = sys.stdout) -> None:
@@ -426,9 +455,7 @@ def _report(args: argparse.Namespace) -> int:
         try:
             catalog = load_catalog(args.catalog)
         except CatalogError as refused:
-            print(f"cds report: catalogue {args.catalog} is invalid:", file=sys.stderr)
-            for error in refused.errors:
-                print(f"  {error}", file=sys.stderr)
+            _print_errors(f"cds report: catalogue {args.catalog} is invalid:", refused.errors)
             return 1
     try:
         files = log_files(args.logs)

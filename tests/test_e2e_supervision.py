@@ -30,14 +30,8 @@ import pytest
 
 from cds.v1 import order_check_pb2, order_check_pb2_grpc, result_feed_pb2, types_pb2
 from tests.support.protos import DAY_US, item, now_us, result
-from tests.support.redis_server import RedisServer
-from tests.support.server import (
-    RunningServer,
-    cds_command,
-    load_test_catalog,
-    running_server,
-    server_env,
-)
+from tests.support.redis_server import redis_module_fixture  # noqa: F401
+from tests.support.server import RunningServer, load_test_catalog, run_cds, running_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -292,16 +286,6 @@ def run_scenario(server: RunningServer) -> Scenario:
     return s
 
 
-@pytest.fixture(scope="module")
-def redis_module(tmp_path_factory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @dataclass
 class Run:
     workdir: Path
@@ -343,30 +327,25 @@ def run(tmp_path_factory, redis_module) -> Run:
 
 
 def cds(*args: str, stdin: str = "") -> str:
-    done = subprocess.run(
-        cds_command(*args),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=server_env(),
-        timeout=120,
+    return run_cds(*args, stdin=stdin)
+
+
+def report_text(run: Run, *extra: str, fmt: str = "json") -> str:
+    return cds(
+        "report",
+        "--catalog",
+        str(run.catalog),
+        "--concentration-min",
+        "10",
+        "--format",
+        fmt,
+        *extra,
+        str(run.logs),
     )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def report(run: Run, *extra: str) -> dict[str, Any]:
-    return json.loads(
-        cds(
-            "report",
-            "--catalog",
-            str(run.catalog),
-            "--concentration-min",
-            "10",
-            *extra,
-            str(run.logs),
-        )
-    )
+    return json.loads(report_text(run, *extra))
 
 
 def pseudonym(run: Run, clinician: str) -> str:
@@ -521,30 +500,16 @@ def test_the_live_metrics_agree_with_the_report(run):
 
 
 def test_the_report_names_no_patient_or_clinician(run):
-    outputs = [
-        cds("report", "--catalog", str(run.catalog), "--format", fmt, str(run.logs))
-        for fmt in ("json", "csv", "html")
-    ]
-    for text in outputs:
+    for fmt in ("json", "csv", "html"):
+        text = report_text(run, fmt=fmt)
         for raw in (PATIENT_PREFIX, *CLINICIANS, *GENE_DOCTORS):
-            assert raw not in text
+            assert raw not in text, fmt
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium (Debian: chromium)")
 def test_the_html_report_opens_offline_in_chromium_and_shows_its_charts(run, tmp_path):
     page = tmp_path / "report.html"
-    cds(
-        "report",
-        "--catalog",
-        str(run.catalog),
-        "--concentration-min",
-        "10",
-        "--format",
-        "html",
-        "--out",
-        str(page),
-        str(run.logs),
-    )
+    report_text(run, "--out", str(page), fmt="html")
     html = page.read_text(encoding="utf-8")
     assert "http://" not in html and "https://" not in html  # nothing to fetch
     with tempfile.TemporaryDirectory() as profile:

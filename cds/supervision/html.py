@@ -139,12 +139,7 @@ def _trend(by_day: dict[str, dict[str, Any]], *, width: int = 760, height: int =
     peak, marks = _ticks(max(by_day[d]["reminded"] for d in days))
     step = min(plot_w / len(days), 60)
     parts = [_svg_open(width, height)]
-    for frac in (0, 0.25, 0.5, 0.75, 1):
-        y = top + plot_h * (1 - frac)
-        parts.append(
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-            f'<text x="{left + plot_w + 6}" y="{y + 4:.1f}" class="axis">{frac * 100:.0f}%</text>'
-        )
+    parts.append(_percent_grid(left, top, plot_w, plot_h, right=True))
     for mark in marks:
         y = top + plot_h * (1 - mark / peak)
         parts.append(
@@ -195,13 +190,7 @@ def _scatter(clinicians: Sequence[dict[str, Any]], *, width: int = 1220, height:
     peak, marks = _ticks(max(c["reminded"] for c in points))
     overall = sum(c["overridden"] for c in points) / sum(c["reminded"] for c in points)
     parts = [_svg_open(width, height)]
-    for frac in (0, 0.25, 0.5, 0.75, 1):
-        y = top + plot_h * (1 - frac)
-        parts.append(
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">'
-            f"{frac * 100:.0f}%</text>"
-        )
+    parts.append(_percent_grid(left, top, plot_w, plot_h, right=False))
     for mark in marks:
         x = left + plot_w * mark / peak
         parts.append(
@@ -232,6 +221,20 @@ def _scatter(clinicians: Sequence[dict[str, Any]], *, width: int = 1220, height:
         "</svg>"
     )
     return "".join(parts)
+
+
+def _percent_grid(left: float, top: float, plot_w: float, plot_h: float, *, right: bool) -> str:
+    """Grid lines at 0, 25, … 100% with their labels on the plot's right or left."""
+    out = []
+    for frac in (0, 0.25, 0.5, 0.75, 1):
+        y = top + plot_h * (1 - frac)
+        x, anchor = (left + plot_w + 6, "start") if right else (left - 6, "end")
+        out.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+            f'<text x="{x}" y="{y + 4:.1f}" text-anchor="{anchor}" class="axis">'
+            f"{frac * 100:.0f}%</text>"
+        )
+    return "".join(out)
 
 
 def _ticks(peak: float) -> tuple[float, list[float]]:
