@@ -100,8 +100,102 @@ def build_parser() -> argparse.ArgumentParser:
     withdraw.add_argument("result_ids", nargs="+", metavar="RESULT_ID")
     _client_args(withdraw)
     withdraw.set_defaults(func=_results_withdraw)
+    report = sub.add_parser(
+        "report",
+        help="the supervision report from decision logs (json, csv or html)",
+        description="Read decision logs (files, or directories of them: rotated *.N and "
+        "per-worker files included) and print the supervision report. Exit 1 for input "
+        "that cannot be read; a torn last line is skipped and counted.",
+    )
+    report.add_argument(
+        "logs",
+        nargs="+",
+        metavar="LOG_OR_DIR",
+        help="decision-log files, or directories of them (several hosts' at once)",
+    )
+    report.add_argument(
+        "--catalog", metavar="PATH", help="the catalogue: names, prices and time zone"
+    )
+    report.add_argument(
+        "--from",
+        dest="first",
+        type=_day,
+        metavar="YYYY-MM-DD",
+        help="first day, in the catalogue's time zone (default: the first in the logs)",
+    )
+    report.add_argument(
+        "--to",
+        dest="last",
+        type=_day,
+        metavar="YYYY-MM-DD",
+        help="last day, inclusive (default: the last in the logs)",
+    )
+    report.add_argument(
+        "--institution",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="ID",
+        help="only these institutions (repeatable)",
+    )
+    report.add_argument(
+        "--format",
+        choices=("json", "csv", "html"),
+        default="json",
+        help="json for the provincial platform, csv for a spreadsheet, html to read "
+        "(default %(default)s)",
+    )
+    report.add_argument("--out", metavar="PATH", help="write here instead of stdout")
+    report.add_argument(
+        "--concentration-min",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="send-outs a clinician needs to be flagged (default %(default)s)",
+    )
+    report.add_argument(
+        "--concentration-share",
+        type=_share,
+        default=0.8,
+        metavar="X",
+        help="share to one lab that flags a clinician, 0 < X <= 1 (default %(default)s)",
+    )
+    report.set_defaults(func=_report)
     security_cli.add_commands(sub)  # cds auth …, cds audit …
     return parser
+
+
+def _day(text: str) -> str:
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text).isoformat() if len(text) == 10 else _bad_day(text)
+    except ValueError:
+        return _bad_day(text)
+
+
+def _bad_day(text: str) -> str:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a calendar day YYYY-MM-DD")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 (excluded) and 1")
+    return value
 
 
 # annotation -> (argparse type, metavar unless the field names one)
@@ -194,12 +288,16 @@ def _catalog_validate(args: argparse.Namespace) -> int:
     try:
         snapshot = load_catalog(args.path)
     except CatalogError as refused:
-        print(f"{args.path}: invalid, {len(refused.errors)} error(s):", file=sys.stderr)
-        for error in refused.errors:
-            print(f"  {error}", file=sys.stderr)
+        _print_errors(f"{args.path}: invalid, {len(refused.errors)} error(s):", refused.errors)
         return 1
     print(summarize(snapshot))
     return 0
+
+
+def _print_errors(head: str, errors: Sequence[str]) -> None:
+    print(head, file=sys.stderr)
+    for error in errors:
+        print(f"  {error}", file=sys.stderr)
 
 
 def _print_message(message: Message, out: TextIO = sys.stdout) -> None:
@@ -447,6 +545,63 @@ def _results_withdraw(args: argparse.Namespace) -> int:
         _print_message(stub.WithdrawResults(request, timeout=args.timeout))
 
     return _call(args, call)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from cds.catalog.load import CatalogError, load_catalog
+    from cds.supervision.html import to_html
+    from cds.supervision.inputs import InputError, log_files
+    from cds.supervision.names import Names
+    from cds.supervision.render import to_csv, to_json
+    from cds.supervision.report import Period, ReportError, build_report
+
+    if args.first and args.last and args.first > args.last:
+        print(f"cds report: --from {args.first} is after --to {args.last}", file=sys.stderr)
+        return 2
+    catalog = None
+    if args.catalog is not None:
+        try:
+            catalog = load_catalog(args.catalog)
+        except CatalogError as refused:
+            _print_errors(f"cds report: catalogue {args.catalog} is invalid:", refused.errors)
+            return 1
+    try:
+        files = log_files(args.logs)
+        report = build_report(
+            files,
+            period=Period(args.first, args.last),
+            institutions=args.institution,
+            catalog=catalog,
+            concentration_min=args.concentration_min,
+            concentration_share=args.concentration_share,
+        )
+    except (InputError, ReportError) as e:
+        print(f"cds report: {e}", file=sys.stderr)
+        return 1
+    names = Names(catalog)
+    if args.format == "json":
+        text = to_json(report)
+    elif args.format == "csv":
+        text = to_csv(report, names)
+    else:
+        text = to_html(report, names)
+    torn = report["input"]["torn_lines"]
+    if torn:
+        where = ", ".join(f"{f} ({n})" for f, n in report["input"]["torn_by_file"].items())
+        print(f"cds report: skipped {torn} torn or unreadable line(s): {where}", file=sys.stderr)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    # A BOM lets Excel and WPS read a CSV's Chinese names; the others need none.
+    encoding = "utf-8-sig" if args.format == "csv" else "utf-8"
+    try:
+        with open(args.out, "w", encoding=encoding, newline="") as f:
+            f.write(text)
+    except OSError as e:
+        print(f"cds report: cannot write {args.out}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"cds report: wrote {args.out}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,6 +25,9 @@ DEFAULT_DECISION_LOG = "var/decisions.jsonl"
 DEFAULT_DECISION_LOG_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_DECISION_LOG_BACKUPS = 10
 DEFAULT_DECISION_TTL_SECONDS = 3600.0
+# How often each process writes its line and order counts to the decision log: the
+# supervision report's denominators (a crash loses at most this much of them).
+DEFAULT_COUNTS_INTERVAL_SECONDS = 60.0
 DEFAULT_MAX_DECISIONS = 100_000
 # The most a call may wait on the results store or the decision log, whatever deadline
 # the client set (or none), so a stalled Redis or disk cannot hold concurrency slots for
@@ -111,6 +114,13 @@ class ServeConfig:
     decision_log_backups: int = field(
         default=DEFAULT_DECISION_LOG_BACKUPS,
         metadata=_setting("rotated files kept: PATH.1 (newest) … PATH.N", check="non-negative"),
+    )
+    counts_interval: float = field(
+        default=DEFAULT_COUNTS_INTERVAL_SECONDS,
+        metadata=_setting(
+            "seconds between the decision log's counts records (lines and orders checked)",
+            check="positive",
+        ),
     )
     grace: float = field(
         default=10.0,

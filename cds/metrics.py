@@ -296,6 +296,32 @@ class Metrics:
         )
         self.feedback_accepted = feedback.labels("accepted")
         self.feedback_overridden = feedback.labels("overridden")
+        # The live recognition figures (supervision report, docs/supervision.md).
+        # ``institution`` is a catalogue id or "other", ``reason`` an override code of the
+        # catalogue or "": both bounded, whatever a request carries.
+        self._recognition_reminded = Counter(
+            "cds_recognition_reminded_total",
+            "Order lines shown a recognisable prior result (RECOGNIZABLE_RESULT_EXISTS), "
+            "by ordering institution.",
+            ("institution",),
+            registry=r,
+        )
+        self._recognition_feedback = Counter(
+            "cds_recognition_feedback_total",
+            "Feedback recorded on reminded lines, by institution, outcome and override "
+            'reason ("" for accepted).',
+            ("institution", "outcome", "reason"),
+            registry=r,
+        )
+        self._recognition_feedback_replaced = Counter(
+            "cds_recognition_feedback_replaced_total",
+            "Feedback on reminded lines that a later, different feedback of the same line "
+            "replaced (in the same process): subtract it for the lines' latest feedback.",
+            ("institution", "outcome", "reason"),
+            registry=r,
+        )
+        self._institution_ids: frozenset[str] = frozenset()
+        self._reminded: dict[str, Incrementable] = {}
         self.decision_log_dropped = Counter(
             "cds_decision_log_dropped_total",
             "Decision records dropped because the decision log's queue was full.",
@@ -398,6 +424,29 @@ class Metrics:
             return self._cached_count
 
         self.results_cached.set_function(read)
+
+    # -- recognition -------------------------------------------------------------------
+
+    def set_institutions(self, ids: frozenset[str]) -> None:
+        """The catalogue's institution ids: the only ``institution`` labels besides "other"."""
+        self._institution_ids = ids
+
+    def institution_label(self, institution: str) -> str:
+        return institution if institution in self._institution_ids else "other"
+
+    def recognition_reminded(self, institution: str) -> Incrementable:
+        """What a reminder increments (a tally per label, made once: few labels)."""
+        label = self.institution_label(institution)
+        child = self._reminded.get(label)
+        if child is None:
+            child = self._reminded[label] = self.tally(self._recognition_reminded.labels(label))
+        return child
+
+    def recognition_feedback(
+        self, institution: str, outcome: str, reason: str, *, replaced: bool = False
+    ) -> Counter:
+        family = self._recognition_feedback_replaced if replaced else self._recognition_feedback
+        return family.labels(self.institution_label(institution), outcome, reason)
 
     def rpc(self, service: str, method: str) -> RpcMetrics:
         return RpcMetrics(self, service, method)

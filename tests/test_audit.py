@@ -245,6 +245,10 @@ def test_decision_record_holds_the_audit_fields_and_no_raw_ids(
                     "reasons": [
                         {"code": "CONSENT_REQUIRED", "decision": "BLOCK", "prior_result_ids": []}
                     ],
+                    # a gene-test line: where it goes and what it is billed as, always
+                    "gene_test": True,
+                    "sendout_lab_id": "",
+                    "price_item_code": "",
                 },
             ],
             "degraded": ["RESULTS_UNAVAILABLE"],

@@ -302,6 +302,10 @@ ERROR_CASES = {
         lambda d: d["recognition_items"][0].update(code=""),
         "$.recognition_items[0].code: ",
     ),
+    "negative recognition price": (
+        lambda d: d["recognition_items"][0].update(price_fen=-1),
+        "$.recognition_items[0].price_fen: ",
+    ),
     "list given as object": (
         lambda d: d.update(institutions={"A": {}}),
         "$.institutions: expected array, got object",
@@ -548,6 +552,20 @@ def test_diff_reports_field_changes_adds_removes_and_severity() -> None:
         "override reason OTHER (其他): requires_comment true -> false",
         "policy severity RECOGNIZABLE_RESULT_EXISTS: BLOCK -> WARN",
         "policy severity MDT_REQUIRED: BLOCK -> WARN",
+    ]
+
+
+def test_a_recognition_item_carries_its_price_for_the_savings_figure() -> None:
+    doc = small_doc()
+    doc["recognition_items"][0]["price_fen"] = 1500
+    snap = snap_of(doc)
+    assert snap.recognition_items["2823-3"].price_fen == 1500
+    assert snap.recognition_items["CT"].price_fen is None
+    new = copy.deepcopy(doc)
+    new["recognition_items"][0]["price_fen"] = 1800
+    assert diff_snapshots(snap, snap_of(new)) == [
+        "version unchanged (t-1) although the content changed",
+        "recognition item 2823-3 (血清钾): price_fen 1500 -> 1800",
     ]
 
 

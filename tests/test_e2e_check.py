@@ -211,6 +211,21 @@ def test_override_on_a_line_without_override_options_is_failed_precondition(serv
     assert details.startswith("line_id:")
 
 
+def test_accepting_a_line_that_showed_no_reason_is_failed_precondition(server, warned):
+    code, details = code_of(lambda: feedback(server, warned, line_id="2", outcome=ACCEPTED))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.startswith("line_id:")
+
+
+def test_a_warning_without_override_options_is_overridden_with_a_comment_alone(server):
+    response = server.check.Check(check_request(item("1", "NA"), item("2", "NA")), timeout=5)
+    assert [i.decision for i in response.items] == [ALLOW, WARN]  # DUPLICATE_IN_REQUEST
+    code, details = code_of(lambda: feedback(server, response.decision_id, line_id="2"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("comment:")
+    feedback(server, response.decision_id, line_id="2", comment="两次采血：空腹与餐后")
+
+
 def test_override_on_a_fixed_block_is_failed_precondition(server):
     response = server.check.Check(
         check_request(item("1", "NTRK", category=types_pb2.ITEM_CATEGORY_GENE_TEST)), timeout=5

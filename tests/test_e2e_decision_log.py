@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 
 from cds.v1 import order_check_pb2, result_feed_pb2, types_pb2
 from tests.support.protos import DAY_US, check_request, item, now_us, result
-from tests.support.server import RunningServer, cds_command, running_server, server_env
+from tests.support.server import RunningServer, run_cds, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -27,20 +26,13 @@ ACCEPTED = types_pb2.FEEDBACK_OUTCOME_ACCEPTED
 
 
 def cli(*args: str, stdin: str = "") -> str:
-    done = subprocess.run(
-        cds_command(*args),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=server_env(),
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return run_cds(*args, stdin=stdin, timeout=30)
 
 
 def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    """Decision and feedback records (counts records come on the minute and at exit)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] != "counts"]
 
 
 def warn_and_feedback(s: RunningServer, patient: str, result_id: str) -> str:

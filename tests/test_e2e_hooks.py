@@ -387,7 +387,8 @@ def test_overriding_a_fixed_block_is_refused_as_the_line_allows_no_override(serv
     status, body = feedback(server, card["uuid"], "overridden", **reason)
     assert (status, issue(body)) == (
         422,
-        "feedback[0].card: none of this line's reasons can be overridden",
+        "feedback[0].card: none of this line's reasons can be overridden "
+        "(a block is fixed at its cause)",
     )
 
 
@@ -459,3 +460,19 @@ def test_ahrq_shaped_feedback_with_accepted_suggestions_and_an_override_is_recor
         ["feedback[0].card"],
         ["feedback[1].card"],
     ]
+
+
+# --------------------------------------------------------------------------- supervision
+
+
+def test_orders_through_the_hooks_door_are_counted_with_the_grpc_ones(tmp_path):
+    """The counts records are the report's denominators: both doors' orders are in them."""
+    args = ["--hooks-listen", "127.0.0.1:0", "--hooks-institution", "H1"]
+    with running_server(tmp_path, hooks_catalog(), extra_args=args) as s:
+        cards_of(s, hook_request(service_request("sr-1", "CT"), patient="count-hooks-1"))
+    counts = [r for r in s.decision_log_records() if r["type"] == "counts"]
+    counted = {
+        (row["institution_id"], row["item_code"]): row["n"] for c in counts for row in c["lines"]
+    }
+    assert counted == {("H1", "CT"): 1}
+    assert sum(o["n"] for c in counts for o in c["orders"] if o["institution_id"] == "H1") == 1

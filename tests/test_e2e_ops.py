@@ -142,7 +142,9 @@ def test_warnings_and_feedback_reach_the_decision_log_pseudonymised(server):
         timeout=5,
     )
     # The feedback is on disk when the RPC returns; the decision is written just before it.
-    records = [r for r in server.decision_log_records() if r["decision_id"] == response.decision_id]
+    records = [
+        r for r in server.decision_log_records() if r.get("decision_id") == response.decision_id
+    ]
     assert sorted(r["type"] for r in records) == ["decision", "feedback"]
     feedback = next(r for r in records if r["type"] == "feedback")
     assert (feedback["line_id"], feedback["outcome"], feedback["override_code"]) == (

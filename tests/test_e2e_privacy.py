@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import signal
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from cds.security.auth import new_token, token_entry
 from cds.v1 import catalog_admin_pb2, order_check_pb2, result_feed_pb2, types_pb2
 from tests.support.cds_clients import CdsClient, issuers_file
 from tests.support.protos import DAY_US, check_request, item, now_us, result
-from tests.support.server import load_test_catalog, running_server
+from tests.support.server import cds_command, load_test_catalog, running_server, server_env
 
 pytestmark = pytest.mark.e2e
 
@@ -239,6 +240,18 @@ def test_no_raw_identifier_in_logs_decision_log_metrics_or_error_messages(tmp_pa
         metrics = s.metrics_text()
     log = s.log_text()
     decision_log = s.decision_log_path.read_text(encoding="utf-8")
+    # The supervision report over that log, in every format, is scanned too.
+    reports = {
+        fmt: subprocess.run(
+            cds_command("report", "--format", fmt, str(s.decision_log_path)),
+            capture_output=True,
+            text=True,
+            env=server_env(),
+            timeout=120,
+            check=True,
+        ).stdout
+        for fmt in ("json", "csv", "html")
+    }
 
     # The session did what it claims: it was refused, recorded and logged.
     codes = {code for code, _ in refusals}
@@ -247,17 +260,22 @@ def test_no_raw_identifier_in_logs_decision_log_metrics_or_error_messages(tmp_pa
     assert "validity_days" in log  # the failed SIGHUP reload is reported
     assert COMMENT in decision_log  # the one free text the decision log keeps, by design
     assert decision_log.count('"type":"feedback"') == 3  # two by gRPC, one by CDS Hooks
+    assert decision_log.count('"type":"counts"') >= 1  # written at shutdown
+    # one reminder through gRPC, one through CDS Hooks (the same patient, the same item)
+    assert json.loads(reports["json"])["recognition"]["reminded"] == 2
     if level == "DEBUG":
         assert " DEBUG " in log
 
     for code, details in refusals:
         for raw in RAW_IDS:
             assert raw not in details, (code, details)
-    for where, text in (("server log", log), ("decision log", decision_log), ("metrics", metrics)):
+    outputs = [("server log", log), ("decision log", decision_log), ("metrics", metrics)]
+    outputs += [(f"{fmt} report", text) for fmt, text in reports.items()]
+    for where, text in outputs:
         for raw in RAW_IDS:
             lines = [line for line in text.splitlines() if raw in line]
             assert not lines, f"{raw} in the {where}: {lines[:3]}"
-    for where, text in (("server log", log), ("metrics", metrics)):
+    for where, text in [("server log", log), ("metrics", metrics), *outputs[3:]]:
         assert "COMMENT-PRIV" not in text, where
         for token in (*TOKENS.values(), *JWTS):
             assert token not in text, where

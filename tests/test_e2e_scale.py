@@ -30,7 +30,11 @@ from cds.v1 import (
     types_pb2,
 )
 from tests.support.protos import DAY_US, check_request, item, now_us, result
-from tests.support.redis_server import RedisServer, redis_server_fixture  # noqa: F401
+from tests.support.redis_server import (  # noqa: F401
+    RedisServer,
+    redis_module_fixture,
+    redis_server_fixture,
+)
 from tests.support.server import (
     RunningServer,
     cds_command,
@@ -140,16 +144,6 @@ def test_more_than_one_worker_with_the_in_process_store_is_refused(tmp_path):
     )
     assert done.returncode == 2
     assert "--workers 2 needs a shared results store (--results redis://" in done.stderr
-
-
-@pytest.fixture(scope="module")
-def redis_module(tmp_path_factory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_the_listen_policy_is_checked_once_for_all_workers(tmp_path, redis_module):

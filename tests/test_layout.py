@@ -26,12 +26,13 @@ ALLOWED: dict[str, set[str]] = {
     "rules": {"domain", "catalog", "results"},
     "decisions": {"domain", "config", "metrics", "results", "security"},
     "rollout": {"domain", "catalog", "rules", "metrics"},
+    "supervision": {"domain", "catalog"},
     "orders": {"domain", "config", "metrics", "results", "decisions", "rollout"},
     # The CDS Hooks door: FHIR/CDS Hooks JSON <-> domain over HTTP, beside gRPC's.
     "hooks": _BELOW_SERVICE | {"rollout", "orders", "security"},
     "service": _BELOW_SERVICE | {"rollout", "orders", "security", "v1"},
     "runtime": _BELOW_SERVICE | {"rollout", "orders", "security", "service", "hooks", "v1"},
-    "cli": {"config", "catalog", "results", "rollout", "runtime", "security", "v1"},
+    "cli": {"config", "catalog", "results", "rollout", "runtime", "security", "supervision", "v1"},
     "__main__": {"cli"},
 }
 

@@ -353,6 +353,9 @@ def _registered_metrics() -> dict[str, tuple[str, frozenset[str]]]:
     metrics.rpc("cds.v1.OrderCheckService", "Check")  # so the grpc_* families have children
     metrics.hooks_answered("service", "cds-order-sign", 200, 0.001)  # and cds_hooks_*
     metrics.hooks_jwt_refused.labels("expired")
+    metrics.recognition_reminded("H1")  # and the recognition ones
+    metrics.recognition_feedback("H1", "accepted", "")
+    metrics.recognition_feedback("H1", "accepted", "", replaced=True)
     found = {}
     for family in metrics.registry.collect():
         labels: set[str] = set()

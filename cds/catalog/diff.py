@@ -58,7 +58,7 @@ _KINDS = (
     _Kind(
         "recognition item",
         lambda s: s.recognition_items,
-        ("name", "category", "validity_days", "scope", "source"),
+        ("name", "category", "validity_days", "scope", "source", "price_fen"),
     ),
     _Kind(
         "gene test",

@@ -315,6 +315,7 @@ def _build(data: Mapping[str, Any], *, source: str, digest: str) -> Snapshot:
             validity_days=int(e["validity_days"]),
             scope=e.get("scope", "PROVINCE"),
             source=e.get("source", ""),
+            price_fen=None if e.get("price_fen") is None else int(e["price_fen"]),
         )
         for e in data.get("recognition_items", ())
     ]

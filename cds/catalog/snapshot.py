@@ -49,6 +49,7 @@ class RecognitionItem(NamedTuple):
     validity_days: int
     scope: str  # "PROVINCE" | "GROUP"
     source: str = ""
+    price_fen: int | None = None  # what one recognised result saves (supervision report)
 
     @property
     def validity_us(self) -> int:

@@ -7,7 +7,8 @@ they are replaced by keyed hashes (``Pseudonymizer``) inside the writer thread.
 
 Two very different callers share one writer:
 
-* ``log_decision`` sits on the ``Check`` hot path (every WARN/BLOCK). It must never
+* ``log_decision`` sits on the ``Check`` hot path (every Check supervision reads: a
+  WARN/BLOCK, a line with any reason, a gene-test line). It must never
   block or cost more than a tuple append, so it enqueues the domain objects as they are
   and all hashing, formatting and I/O happen in the writer thread. When the queue is
   full the record is **dropped** and ``on_drop()`` is called (the server counts it in a
@@ -18,6 +19,12 @@ Two very different callers share one writer:
   fsynced, and it is never dropped: when its own bounded queue is full the caller waits
   (bounded by the caller's deadline, e.g. via cancellation). Several feedback records
   arriving together share one fsync (group commit).
+* ``log_counts`` takes a process's line and order counts once a minute and at
+  shutdown (the denominators of every rate in the supervision report). It is never
+  dropped for a full queue: one record a minute cannot crowd the writer.
+
+Record types (``type``): ``decision``, ``feedback`` and ``counts``; docs/supervision.md
+describes every field. New fields are only ever added.
 """
 
 from __future__ import annotations
@@ -37,7 +44,17 @@ from typing import Any, NamedTuple
 import orjson
 
 from cds.config import DEFAULT_DECISION_LOG_BACKUPS, DEFAULT_DECISION_LOG_MAX_BYTES
-from cds.domain import US_PER_SECOND, Decision, EncounterType, Evaluation, FeedbackOutcome, Order
+from cds.domain import (
+    US_PER_SECOND,
+    Decision,
+    EncounterType,
+    Evaluation,
+    FeedbackOutcome,
+    ItemCategory,
+    ItemDecision,
+    Order,
+    Reason,
+)
 from cds.security.pseudonyms import Pseudonymizer
 
 _LOG = logging.getLogger(__name__)
@@ -47,6 +64,7 @@ SCHEMA = "cds.audit/v1"
 # Keyed by int so a plain int from any caller formats the same as the enum member.
 _DECISION = {int(d): d.name for d in Decision}
 _ENCOUNTER = {int(e): e.name for e in EncounterType}
+_DECISIONS = tuple(int(d) for d in Decision)
 
 
 def _rfc3339(at_us: int) -> str:
@@ -54,6 +72,9 @@ def _rfc3339(at_us: int) -> str:
     seconds, us = divmod(at_us, US_PER_SECOND)
     dt = _dt.datetime.fromtimestamp(seconds, tz=_dt.UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{us:06d}Z"
+
+
+_GENE_TEST = ItemCategory.GENE_TEST
 
 
 class DecisionEntry(NamedTuple):
@@ -66,6 +87,36 @@ class DecisionEntry(NamedTuple):
     catalog_version: str
     degraded: tuple[str, ...]
     at_us: int
+    # The catalogue's gene-test codes (one shared frozenset per catalogue): lines of
+    # these codes are recorded with their send-out lab and price item, reasons or not.
+    gene_codes: frozenset[str] = frozenset()
+    # Reasons evaluated but not shown (SILENT severity), per line, in request order:
+    # recorded with "silent": true, never counted as shown to the clinician.
+    silent: tuple[ItemDecision, ...] = ()
+
+
+# What the Check path counts, as cheap to update as Python allows: institution_id ->
+# [orders, {department_id -> {item_code -> row}}], a row being one count per Decision
+# (indexed by its number) and then GENE_FLAG (1 when the code is a gene test). A key
+# of None is "other": where keys beyond the per-interval bound were folded.
+CountsTree = dict[str | None, list[Any]]
+GENE_FLAG = 4
+
+
+class CountsEntry(NamedTuple):
+    """What one process checked over one interval: the denominators of supervision."""
+
+    start_us: int
+    end_us: int
+    tree: CountsTree
+
+
+def _reason(r: Reason) -> dict[str, Any]:
+    return {
+        "code": r.code,
+        "decision": _DECISION[r.decision],
+        "prior_result_ids": [pr.result_id for pr in r.prior_results],
+    }
 
 
 class _Feedback(NamedTuple):
@@ -112,7 +163,7 @@ class DecisionLog:
         self._on_drop = on_drop or (lambda: None)
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
-        self._items: deque[DecisionEntry | _Feedback] = deque()
+        self._items: deque[DecisionEntry | _Feedback | CountsEntry] = deque()
         self._n_decisions = 0
         self._closing = False
         self._idle = False  # the writer waits for work (a decision must wake it)
@@ -166,6 +217,15 @@ class DecisionLog:
                     self._ready.notify()
                 return
         self._on_drop()
+
+    def log_counts(self, entry: CountsEntry) -> None:
+        """Queue an interval's counts; never blocks and never dropped for a full queue."""
+        with self._lock:
+            if self._closing:
+                return
+            self._items.append(entry)
+            if self._idle:
+                self._ready.notify()
 
     async def log_feedback(
         self,
@@ -242,7 +302,7 @@ class DecisionLog:
                     self._idle = False
                 if not self._items:
                     break
-                if not self._closing and self._n_decisions == len(self._items):
+                if not self._closing and 0 < self._n_decisions == len(self._items):
                     # Decisions only: gather more before writing (feedback or close
                     # notifies and ends the wait at once).
                     self._ready.wait(self._gather_s)
@@ -252,7 +312,7 @@ class DecisionLog:
             self._write_batch(batch)
         self._close_file()
 
-    def _write_batch(self, batch: list[DecisionEntry | _Feedback]) -> None:
+    def _write_batch(self, batch: list[DecisionEntry | _Feedback | CountsEntry]) -> None:
         feedback: list[_Feedback] = []
         error: OSError | None = None
         dropped = 0
@@ -260,13 +320,15 @@ class DecisionLog:
             if isinstance(item, _Feedback):
                 feedback.append(item)
                 line = self._feedback_line(item)
+            elif isinstance(item, CountsEntry):
+                line = self._counts_line(item)
             else:
                 line = self._decision_line(item)
             try:
                 self._append(line)
             except OSError as exc:
                 error = exc
-                if isinstance(item, DecisionEntry):
+                if not isinstance(item, _Feedback):
                     dropped += 1
         try:
             if feedback and error is None:
@@ -304,25 +366,29 @@ class DecisionLog:
     def _decision_line(self, d: DecisionEntry) -> bytes:
         p = self._pseudonymizer
         order = d.order
+        genes = d.gene_codes
+        silent = {line.line_id: line.reasons for line in d.silent}
         items = []
-        for it in d.evaluation.items:
-            if not it.reasons:
-                continue  # data minimisation: an item with nothing to say is not recorded
-            items.append(
-                {
-                    "line_id": it.line_id,
-                    "item_code": it.item_code,
-                    "decision": _DECISION[it.decision],
-                    "reasons": [
-                        {
-                            "code": r.code,
-                            "decision": _DECISION[r.decision],
-                            "prior_result_ids": [pr.result_id for pr in r.prior_results],
-                        }
-                        for r in it.reasons
-                    ],
-                }
-            )
+        # One ItemDecision per order line, in request order (the engine's contract).
+        for line, it in zip(order.items, d.evaluation.items, strict=True):
+            gene = line.category == _GENE_TEST or it.item_code in genes
+            hidden = silent.get(it.line_id, ()) if silent else ()
+            if not it.reasons and not gene and not hidden:
+                continue  # data minimisation: a line with nothing to say is not recorded
+            entry: dict[str, Any] = {
+                "line_id": it.line_id,
+                "item_code": it.item_code,
+                "decision": _DECISION[it.decision],
+                "reasons": [_reason(r) for r in it.reasons],
+            }
+            for r in hidden:
+                entry["reasons"].append(_reason(r) | {"silent": True})
+            if gene:
+                # What a kickback pattern is made of: an allowed send-out is recorded too.
+                entry["gene_test"] = True
+                entry["sendout_lab_id"] = line.sendout_lab_id
+                entry["price_item_code"] = line.price_item_code
+            items.append(entry)
         record = {
             "schema": SCHEMA,
             "type": "decision",
@@ -341,6 +407,43 @@ class DecisionLog:
         }
         return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
+    def _counts_line(self, c: CountsEntry) -> bytes:
+        lines = []
+        orders = []
+        folded_lines = folded_orders = 0
+        for institution, (n_orders, departments) in c.tree.items():
+            orders.append({"institution_id": institution, "n": n_orders})
+            if institution is None:
+                folded_orders += n_orders
+            for department, rows in departments.items():
+                for item_code, row in rows.items():
+                    folded = institution is None or department is None or item_code is None
+                    for decision in _DECISIONS:
+                        n = row[decision]
+                        if n:
+                            lines.append(
+                                {
+                                    "institution_id": institution,
+                                    "department_id": department,
+                                    "item_code": item_code,
+                                    "decision": _DECISION[decision],
+                                    "n": n,
+                                }
+                            )
+                            if folded:
+                                folded_lines += n
+        record = {
+            "schema": SCHEMA,
+            "type": "counts",
+            "timestamp": _rfc3339(c.end_us),
+            "from": _rfc3339(c.start_us),
+            "to": _rfc3339(c.end_us),
+            "lines": lines,
+            "orders": orders,
+            "folded": {"lines": folded_lines, "orders": folded_orders},
+        }
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
     def _feedback_line(self, f: _Feedback) -> bytes:
         p = self._pseudonymizer
         record = f.fields
@@ -354,9 +457,14 @@ class DecisionLog:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "ab", buffering=1024 * 1024)
         self._size = os.fstat(fd).st_size
+        if self._size and os.pread(fd, 1, self._size - 1) != b"\n":
+            # A crash tore the last line: end it, or the next record (an acknowledged
+            # feedback, say) would share its line and be unreadable with it.
+            self._file.write(b"\n")
+            self._size += 1
         self._fsync_dir()  # the file's directory entry must survive a power cut too
 
     def _fsync_dir(self) -> None:

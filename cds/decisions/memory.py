@@ -241,6 +241,11 @@ class DecisionMemory:
         """True when exactly this feedback was recorded for the line (a retry)."""
         return self._feedback.get((decision_id, line_id)) == feedback
 
+    def last_recorded(self, decision_id: str, line_id: str) -> FeedbackKey | None:
+        """The feedback this process last recorded for the line (a change of mind
+        replaces it: the live recognition figures count only the latest)."""
+        return self._feedback.get((decision_id, line_id))
+
     def mark_recorded(self, decision_id: str, line_id: str, feedback: FeedbackKey) -> None:
         self._feedback[(decision_id, line_id)] = feedback
 

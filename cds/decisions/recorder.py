@@ -12,7 +12,7 @@ import logging
 from typing import NamedTuple, Protocol
 
 from cds.config import DEFAULT_DECISION_LOG_BACKUPS, DEFAULT_DECISION_LOG_MAX_BYTES
-from cds.decisions.log import DecisionEntry, DecisionLog
+from cds.decisions.log import CountsEntry, DecisionEntry, DecisionLog
 from cds.decisions.memory import Remembered
 from cds.domain import FeedbackOutcome, ItemDecision
 from cds.metrics import Metrics
@@ -38,8 +38,9 @@ class FeedbackRecord(NamedTuple):
 class DecisionRecorder(Protocol):
     """Where decisions and feedback go for supervision (the durable decision log).
 
-    ``decision`` is called on the Check path for WARN and BLOCK decisions and must not
-    block; ``feedback`` returns only once the record is durable, because the
+    ``decision`` is called on the Check path for every Check supervision reads and must
+    not block; ``counts`` takes an interval's line and order counts (a minute's); neither
+    waits. ``feedback`` returns only once the record is durable, because the
     clinician's override is acknowledged on that promise.
     """
 
@@ -47,6 +48,8 @@ class DecisionRecorder(Protocol):
         """Exactly :meth:`cds.decisions.log.DecisionLog.log_decision`, so the audit recorder
         hands the Check path that method itself rather than a forwarder."""
         ...
+
+    def counts(self, entry: CountsEntry) -> None: ...
 
     async def feedback(self, record: FeedbackRecord) -> None: ...
 
@@ -61,6 +64,9 @@ class NoRecorder:
     """No decision log configured: decisions and feedback are validated, not kept."""
 
     def decision(self, entry: DecisionEntry) -> None:
+        return None
+
+    def counts(self, entry: CountsEntry) -> None:
         return None
 
     async def feedback(self, record: FeedbackRecord) -> None:
@@ -80,6 +86,7 @@ class AuditRecorder:
         self._log = decision_log
         # The Check path calls the log's own enqueue: one call per WARN/BLOCK, no forwarder.
         self.decision = decision_log.log_decision
+        self.counts = decision_log.log_counts
 
     async def feedback(self, record: FeedbackRecord) -> None:
         remembered = record.remembered

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from cds.decisions.memory import DecisionMemory, FeedbackKey, find_line, offered_overrides
 from cds.decisions.recorder import DecisionRecorder, FeedbackRecord
-from cds.domain import FeedbackOutcome
+from cds.domain import Decision, FeedbackOutcome, ItemDecision, ReasonCode
 from cds.metrics import Metrics
 from cds.results.base import ResultsUnavailable
 
@@ -47,6 +47,49 @@ class Feedback(NamedTuple):
     clinician_id: str  # "" = the ordering clinician
 
 
+def _check_override(line: ItemDecision, override_code: str, comment: str) -> None:
+    """An override the line allows, or FeedbackRefused.
+
+    Reasons that offer override options take one of them (and its comment). A warning
+    without options (an indication mismatch, an in-house test sent out, a duplicate
+    line) still lets the clinician proceed: the override is then the comment alone,
+    which is what supervision reads. A block without options is fixed at its cause
+    (price item, consent, MDT, lab) and cannot be overridden at all.
+    """
+    options = offered_overrides(line)
+    if not options:
+        if line.decision >= Decision.BLOCK:
+            raise FeedbackRefused(
+                Refusal.NOT_APPLICABLE,
+                "line_id: none of this line's reasons can be overridden "
+                "(a block is fixed at its cause)",
+            )
+        if override_code:
+            raise FeedbackRefused(
+                Refusal.INVALID,
+                "override_code: this line offers no override reasons; "
+                "leave it empty and give the reason in comment",
+            )
+        if not comment.strip():
+            raise FeedbackRefused(
+                Refusal.INVALID,
+                "comment: required to override a warning that offers no override reasons",
+            )
+        return
+    if not override_code:
+        raise FeedbackRefused(Refusal.INVALID, "override_code: required when outcome is OVERRIDDEN")
+    option = options.get(override_code)
+    if option is None:
+        raise FeedbackRefused(
+            Refusal.INVALID,
+            "override_code: not one of the offered override reasons (" + ", ".join(options) + ")",
+        )
+    if option.requires_comment and not comment.strip():
+        raise FeedbackRefused(
+            Refusal.INVALID, f"comment: required for override reason {option.code}"
+        )
+
+
 class FeedbackDesk:
     """Takes feedback for the decisions ``memory`` remembers and records it."""
 
@@ -72,34 +115,21 @@ class FeedbackDesk:
         line = find_line(remembered, line_id)
         if line is None:
             raise FeedbackRefused(Refusal.NOT_FOUND, "line_id: not a line of this decision")
+        if not line.reasons:
+            # Nothing was shown: an "accepted" here would count a recognition that
+            # never was, and an override would answer a prompt nobody saw.
+            raise FeedbackRefused(
+                Refusal.NOT_APPLICABLE,
+                "line_id: this line showed no reason: there is nothing to accept or override",
+            )
         if outcome == FeedbackOutcome.OVERRIDDEN:
-            options = offered_overrides(line)
-            if not options:
-                raise FeedbackRefused(
-                    Refusal.NOT_APPLICABLE,
-                    "line_id: none of this line's reasons can be overridden",
-                )
-            if not override_code:
-                raise FeedbackRefused(
-                    Refusal.INVALID, "override_code: required when outcome is OVERRIDDEN"
-                )
-            option = options.get(override_code)
-            if option is None:
-                raise FeedbackRefused(
-                    Refusal.INVALID,
-                    "override_code: not one of the offered override reasons ("
-                    + ", ".join(options)
-                    + ")",
-                )
-            if option.requires_comment and not comment.strip():
-                raise FeedbackRefused(
-                    Refusal.INVALID, f"comment: required for override reason {option.code}"
-                )
+            _check_override(line, override_code, comment)
         elif outcome != FeedbackOutcome.ACCEPTED:
             raise FeedbackRefused(Refusal.INVALID, "outcome: must be ACCEPTED or OVERRIDDEN")
         key = FeedbackKey(outcome, override_code, comment, clinician_id)
-        if self._memory.already_recorded(decision_id, line_id, key):
-            return
+        previous = self._memory.last_recorded(decision_id, line_id)
+        if previous == key:
+            return  # a retry: recorded already
         self._memory.mark_recorded(decision_id, line_id, key)
         record = FeedbackRecord(
             decision_id,
@@ -118,7 +148,10 @@ class FeedbackDesk:
                 await self._recorder.feedback(record)
         except Exception as e:
             log.warning("feedback not recorded: %s: %s", type(e).__name__, e)
-            self._memory.forget_recorded(decision_id, line_id)
+            if previous is None:
+                self._memory.forget_recorded(decision_id, line_id)
+            else:  # the earlier feedback is still the line's latest
+                self._memory.mark_recorded(decision_id, line_id, previous)
             raise FeedbackRefused(
                 Refusal.UNAVAILABLE, "feedback could not be recorded; retry"
             ) from e
@@ -126,3 +159,21 @@ class FeedbackDesk:
             self._metrics.feedback_accepted.inc()
         else:
             self._metrics.feedback_overridden.inc()
+        if any(r.code == ReasonCode.RECOGNIZABLE_RESULT_EXISTS for r in line.reasons):
+            self._count_recognition(remembered.institution_id, key, previous)
+
+    def _count_recognition(
+        self, institution: str, key: FeedbackKey, previous: FeedbackKey | None
+    ) -> None:
+        """The live counterpart of the report's "latest feedback counts": this one is
+        counted, and the one it replaces (known to this process) is counted as replaced."""
+        metrics = self._metrics
+        metrics.recognition_feedback(institution, *_labels(key)).inc()
+        if previous is not None:
+            metrics.recognition_feedback(institution, *_labels(previous), replaced=True).inc()
+
+
+def _labels(key: FeedbackKey) -> tuple[str, str]:
+    if key.outcome == FeedbackOutcome.ACCEPTED:
+        return "accepted", ""
+    return "overridden", key.override_code

@@ -14,6 +14,7 @@ import contextlib
 import gc
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,6 +27,7 @@ from cds.catalog.load import CatalogError, parse_catalog
 from cds.config import ServeConfig, split_host_port
 from cds.decisions.memory import DecisionMemory
 from cds.decisions.recorder import DecisionRecorder, open_recorder
+from cds.domain import US_PER_SECOND
 from cds.hooks.ids import new_decision_ids
 from cds.hooks.server import HooksDoor
 from cds.metrics import Metrics
@@ -113,6 +115,7 @@ class CdsServer:
         )
         self.role = role
         self.health = health.aio.HealthServicer()
+        self.checker: OrderChecker | None = None
         self.grpc_port = 0
         self.metrics_port = 0
         self._httpd: Any = None
@@ -178,7 +181,18 @@ class CdsServer:
 
     def _register(self) -> None:
         cap = self.config.deadline_cap
-        checker = OrderChecker(self.state, self.store, self.memory, self.metrics, self.recorder)
+        # One checker for both doors, so the counts records cover every order; its ids
+        # are the form CDS Hooks card uuids pack (cds.hooks.ids).
+        checker = OrderChecker(
+            self.state,
+            self.store,
+            self.memory,
+            self.metrics,
+            self.recorder,
+            ids=new_decision_ids(),
+            now_us=_now_us(),
+        )
+        self.checker = checker
         desk = FeedbackDesk(self.memory, self.metrics, self.recorder)
         adapters = (
             OrderCheck(checker, desk, deadline_cap_s=cap),
@@ -187,14 +201,8 @@ class CdsServer:
         )
         register(self.server, adapters, self.metrics)
         if self.config.hooks_listen is not None:
-            # Its own decision ids (they become card uuids, cds.hooks.ids); everything
-            # else — catalogue, store, memory, log, metrics — is the gRPC door's.
-            hooks_checker = OrderChecker(
-                self.state, self.store, self.memory, self.metrics, self.recorder,
-                ids=new_decision_ids(),
-            )  # fmt: skip
             self.hooks = HooksDoor(
-                self.config, self.state, hooks_checker, desk, self.memory, self.metrics,
+                self.config, self.state, checker, desk, self.memory, self.metrics,
                 ssl_context=self._hooks_tls(), reuse_port=self.role is not None,
             )  # fmt: skip
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -237,6 +245,7 @@ class CdsServer:
         await self.server.start()
         if self.hooks is not None:
             await self.hooks.start()
+        self.spawn(self._write_counts())
         # What start-up built (modules, the catalogue, the engine: ~100k objects) lives
         # as long as the process: out of the collector's sight, a full collection walks
         # only what was made since (cached results and remembered decisions are kept
@@ -270,6 +279,21 @@ class CdsServer:
             except (OSError, ValueError) as e:
                 log.warning("pseudonym keys not reloaded, the old keys stay: %s", e)
 
+    async def _write_counts(self) -> None:
+        """Hand the checker's counts to the decision log on wall-clock multiples of the
+        interval, so an interval never straddles midnight and a report's days add up."""
+        interval_us = int(self.config.counts_interval * US_PER_SECOND)
+        while True:
+            now = _now_us()
+            await asyncio.sleep((interval_us - now % interval_us) / US_PER_SECOND)
+            self._flush_counts()
+
+    def _flush_counts(self) -> None:
+        if self.checker is not None:
+            entry = self.checker.take_counts(_now_us())
+            if entry is not None:
+                self.recorder.counts(entry)
+
     async def _publish_results_count(self) -> None:
         gauge = self.metrics.results_cached
         while True:
@@ -288,6 +312,7 @@ class CdsServer:
         await self.server.stop(self.config.grace)
         for task in list(self._tasks):
             task.cancel()
+        self._flush_counts()  # drained: the last interval's counts are complete
         await self.recorder.close()
         await self.memory.close()
         await self.store.close()
@@ -315,6 +340,10 @@ class CdsServer:
         if self.role is not None:
             return f"draining for up to {self.config.grace:.1f} s (health NOT_SERVING)"
         return f"health NOT_SERVING, draining for up to {self.config.grace:.1f} s"
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 def _redacted(url: str | None) -> str:

@@ -117,6 +117,22 @@ def redis_server_fixture(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
+@pytest.fixture(name="redis_module", scope="module")
+def redis_module_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for a whole test module (servers that outlive a test share it);
+    import ``redis_module_fixture`` to use it as ``redis_module``."""
+    if REDIS_SERVER is None:
+        pytest.skip(
+            "redis-server not on PATH (CI installs it in .ci/run; apt install redis-server)"
+        )
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 class RedisCluster:
     """Three master nodes (no replicas) formed with ``redis-cli --cluster create``."""
 

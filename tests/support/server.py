@@ -52,6 +52,20 @@ def cds_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "cds", *args]
 
 
+def run_cds(*args: str, stdin: str = "", timeout: float = 120) -> str:
+    """Run a ``cds`` command of this checkout; its stdout, asserting it exited 0."""
+    done = subprocess.run(
+        cds_command(*args),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=server_env(),
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def write_catalog(path: Path, catalog: dict[str, Any] | Path) -> Path:
     if isinstance(catalog, Path):
         shutil.copyfile(catalog, path)

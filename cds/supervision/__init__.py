@@ -1,0 +1,1 @@
+"""Reading decision logs into the supervision report (``cds report``): json, csv, html."""
