@@ -17,7 +17,15 @@ import pytest
 from cds.catalog.diff import diff_snapshots, summarize
 from cds.catalog.load import CatalogError, load_catalog, parse_catalog, schema
 from cds.catalog.snapshot import Snapshot
-from cds.domain import US_PER_DAY, US_PER_SECOND, Decision, ItemCategory, ReasonCode
+from cds.domain import (
+    BACKDATE_LIMIT_US,
+    RETENTION_MARGIN_US,
+    US_PER_DAY,
+    US_PER_SECOND,
+    Decision,
+    ItemCategory,
+    ReasonCode,
+)
 from tests.support.big_catalog import big_catalog, big_catalog_bytes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -452,16 +460,26 @@ def test_qualification_end_follows_the_catalogue_timezone() -> None:
     assert lab.qualification_end_us == us("2026-01-01T00:00:00Z")
 
 
-def test_retention_is_the_longest_window_that_can_use_a_result() -> None:
+def test_retention_is_the_longest_window_that_can_use_a_result_and_the_backdating_margin():
     doc = small_doc()
     doc["recognition_items"].append(
         {"code": "EGFR", "name": "EGFR", "category": "LAB", "validity_days": 400}
     )
     snap = parse_catalog(orjson.dumps(doc))
-    assert snap.retention_us("2823-3") == 7 * US_PER_DAY
-    assert snap.retention_us("CT") == 30 * US_PER_DAY
-    assert snap.retention_us("EGFR") == 400 * US_PER_DAY  # longer than its 180-day repeat
-    assert snap.retention_us("UNKNOWN") == 400 * US_PER_DAY
+    margin = RETENTION_MARGIN_US
+    assert snap.retention_us("2823-3") == 7 * US_PER_DAY + margin
+    assert snap.retention_us("CT") == 30 * US_PER_DAY + margin
+    assert snap.retention_us("EGFR") == 400 * US_PER_DAY + margin  # beyond its 180-day repeat
+    assert snap.retention_us("UNKNOWN") == 400 * US_PER_DAY + margin
+
+
+def test_the_retention_margin_outlasts_the_backdating_limit() -> None:
+    # Every order_time the service accepts must still see every result valid then.
+    assert RETENTION_MARGIN_US > BACKDATE_LIMIT_US
+
+
+def test_a_catalogue_no_rule_of_which_can_use_a_result_keeps_none() -> None:
+    assert parse_catalog(b'{"version": "empty"}').retention_us("ANY") == 0
 
 
 # --------------------------------------------------------------------------- diff
@@ -564,4 +582,4 @@ def test_unknown_codes_are_retained_for_the_longest_recognition_window_not_gene_
     longest_recognition = max(r.validity_us for r in snapshot.recognition_items.values())
     longest_gene = max(snapshot.retention_us(code) for code in snapshot.gene_tests)
     assert longest_gene > longest_recognition  # a long gene-test repeat interval
-    assert snapshot.retention_us("NOT-IN-ANY-LIST") == longest_recognition
+    assert snapshot.retention_us("NOT-IN-ANY-LIST") == longest_recognition + RETENTION_MARGIN_US

@@ -216,6 +216,12 @@ def test_the_request_limits_table_gives_the_limits_the_server_enforces(sections)
         "Result.reported_at ahead of the server's clock, in seconds": (
             validation.FUTURE_SKEW_US // 1_000_000
         ),
+        "CheckRequest.order_time before the server's clock, in seconds": (
+            validation.ORDER_TIME.before_us // 1_000_000
+        ),
+        "CheckRequest.order_time ahead of the server's clock, in seconds": (
+            validation.ORDER_TIME.after_us // 1_000_000
+        ),
         "bytes of a catalogue refusal message": MAX_ERROR_MESSAGE_BYTES,
     }
     for limit, value in expected.items():

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from cds.domain import (
     DEFAULT_SEVERITY,
+    RETENTION_MARGIN_US,
     US_PER_DAY,
     US_PER_SECOND,
     Decision,
@@ -156,8 +157,11 @@ class Snapshot:
         )
 
     def retention_us(self, item_code: str) -> int:
-        """How long after ``reported_at`` a result of this code can still matter to a rule."""
-        return self._retention.get(item_code, self.unknown_retention_us)
+        """How long after ``reported_at`` a result of this code is kept: as long as it can
+        matter to a rule, plus the margin that keeps a back-dated ``order_time`` exact
+        (``RETENTION_MARGIN_US``). Zero stays zero: a result no rule can use is not kept."""
+        window = self._retention.get(item_code, self.unknown_retention_us)
+        return window + RETENTION_MARGIN_US if window else 0
 
     @property
     def zone(self) -> ZoneInfo:
