@@ -535,6 +535,27 @@ def test_diff_reports_field_changes_adds_removes_and_severity() -> None:
     ]
 
 
+def test_diff_reports_reworded_added_and_removed_messages() -> None:
+    old = small_doc()
+    old["messages"] = {"MDT_REQUIRED": "须 MDT", "CONSENT_REQUIRED": "须签字"}
+    new = small_doc()
+    new["version"] = "t-2"
+    new["messages"] = {"MDT_REQUIRED": "须先 MDT", "GENE_TEST_NOT_PRICED": "未定价"}
+    assert diff_snapshots(snap_of(old), snap_of(new)) == [
+        "version: t-1 -> t-2",
+        "message GENE_TEST_NOT_PRICED: catalogue wording '未定价' instead of the built-in",
+        "message MDT_REQUIRED: '须 MDT' -> '须先 MDT'",
+        "message CONSENT_REQUIRED: back to the built-in wording",
+    ]
+
+
+def test_summary_says_which_codes_the_catalogue_rewords() -> None:
+    doc = small_doc()
+    assert "messages: built-in wording" in summarize(snap_of(doc))
+    doc["messages"] = {"MDT_REQUIRED": "须 MDT"}
+    assert "messages: catalogue wording for MDT_REQUIRED" in summarize(snap_of(doc))
+
+
 def test_diff_flags_changed_content_under_an_unchanged_version() -> None:
     new = small_doc()
     new["institutions"][1]["groups"] = ["G2"]

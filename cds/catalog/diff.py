@@ -106,7 +106,7 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot, *, limit: int = 500) -> 
     """What an administrator would want to read before activating ``new``.
 
     Lines come in a fixed order (catalogue fields, institutions, recognition items, gene
-    tests, send-out labs, override reasons, policy; codes sorted within each), so a dry
+    tests, send-out labs, override reasons, policy, messages; codes sorted within each), so a dry
     run and the real reload say the same thing. Never empty: an unchanged catalogue
     says so. At most ``limit`` lines, the last one counting what was left out, because
     a wholesale replacement of a provincial list could otherwise produce thousands.
@@ -128,6 +128,7 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot, *, limit: int = 500) -> 
         before_d, after_d = old.severity[code], new.severity[code]
         if before_d != after_d:
             lines.append(f"policy severity {code}: {before_d.name} -> {after_d.name}")
+    lines.extend(_message_changes(old.messages, new.messages))
     if not lines:
         if old.digest and old.digest == new.digest:
             return [f"no changes: identical file (version {new.version})"]
@@ -137,6 +138,21 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot, *, limit: int = 500) -> 
     if len(lines) > limit:
         rest = len(lines) - (limit - 1)
         lines = [*lines[: limit - 1], f"... and {rest} more changes ({len(lines)} in all)"]
+    return lines
+
+
+def _message_changes(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
+    lines = []
+    for code in ReasonCode:
+        before, after = old.get(code), new.get(code)
+        if before == after:
+            continue
+        if before is None:
+            lines.append(f"message {code}: catalogue wording {after!r} instead of the built-in")
+        elif after is None:
+            lines.append(f"message {code}: back to the built-in wording")
+        else:
+            lines.append(f"message {code}: {before!r} -> {after!r}")
     return lines
 
 
@@ -151,6 +167,11 @@ def _counts(snapshot: Snapshot) -> str:
         f"{len(snapshot.sendout_labs)} send-out labs, "
         f"{len(snapshot.override_reasons)} override reasons"
     )
+
+
+def _worded(snapshot: Snapshot) -> str:
+    codes = [str(c) for c in ReasonCode if c in snapshot.messages]
+    return f"catalogue wording for {', '.join(codes)}" if codes else "built-in wording"
 
 
 def summarize(snapshot: Snapshot) -> str:
@@ -174,6 +195,7 @@ def summarize(snapshot: Snapshot) -> str:
         f"send-out labs: {len(snapshot.sendout_labs)}",
         f"override reasons: {len(snapshot.override_reasons)}",
         f"policy: {', '.join(changed) if changed else 'default severities'}",
+        f"messages: {_worded(snapshot)}",
     ]
     if snapshot.source:
         lines.append(f"source: {snapshot.source}")

@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jsonschema_rs
 import orjson
 
+from cds.catalog.messages import TemplateError, parse_template
 from cds.catalog.snapshot import (
     DEFAULT_TIMEZONE,
     GeneTest,
@@ -39,7 +40,7 @@ from cds.catalog.snapshot import (
     Snapshot,
     end_of_day_us,
 )
-from cds.domain import Decision, ItemCategory, OverrideOption
+from cds.domain import Decision, ItemCategory, OverrideOption, ReasonCode
 
 __all__ = [
     "SCHEMA_RESOURCE",
@@ -154,7 +155,7 @@ def _schema_errors(data: Any) -> Iterator[_Error]:
                 yield _Error((*path, key), "unknown key")
         elif name == "propertyNames":
             key = kind.error.instance
-            if path == ("policy", "severity"):
+            if path in (("policy", "severity"), ("messages",)):
                 yield _Error((*path, key), "not a reason code of the contract")
             else:
                 yield _Error((*path, key), f"key not allowed: {kind.error.message}")
@@ -267,6 +268,8 @@ def _cross_errors(data: Mapping[str, Any]) -> list[_Error]:
                 )
             )
 
+    errors.extend(_template_errors(data))
+
     for i, lab in _entries(data, "sendout_labs"):
         if "qualification_valid_until" in lab:
             _check_date(data, ("sendout_labs", i, "qualification_valid_until"), errors)
@@ -283,6 +286,21 @@ def _cross_errors(data: Mapping[str, Any]) -> list[_Error]:
                 if gene_tests is not None and code not in gene_tests:
                     path = ("sendout_labs", i, "approved", j, "gene_tests", k)
                     errors.append(_Error(path, f"unknown gene test {code!r}"))
+    return errors
+
+
+def _template_errors(data: Mapping[str, Any]) -> list[_Error]:
+    """Each template that cannot be rendered; an unknown code is the schema's error."""
+    messages = data.get("messages")
+    if not isinstance(messages, dict):
+        return []
+    errors = []
+    for code, text in messages.items():
+        if isinstance(text, str) and code in ReasonCode.__members__:
+            try:
+                parse_template(code, text)
+            except TemplateError as e:
+                errors.append(_Error(("messages", code), str(e)))
     return errors
 
 
@@ -374,6 +392,7 @@ def _build(data: Mapping[str, Any], *, source: str, digest: str) -> Snapshot:
         severity=severity,
         source=source,
         digest=digest,
+        messages=data.get("messages", {}),
     )
 
 

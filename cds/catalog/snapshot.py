@@ -105,6 +105,9 @@ class Snapshot:
     # without a decade-long gene-test repeat interval pinning unknown lab rows.
     unknown_retention_us: int = 0
     _retention: Mapping[str, int] = field(default_factory=dict, repr=False)
+    # The catalogue's own wording: reason code -> template (cds.catalog.messages); codes
+    # it does not list keep the built-in text.
+    messages: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -121,6 +124,7 @@ class Snapshot:
         severity: Mapping[str, Decision] | None = None,
         source: str = "",
         digest: str = "",
+        messages: Mapping[str, str] | None = None,
     ) -> Snapshot:
         """Index validated entries. Callers guarantee uniqueness and references."""
         recog = {r.code: r for r in recognition_items}
@@ -154,6 +158,7 @@ class Snapshot:
                 default=max(retention.values(), default=0),
             ),
             _retention=MappingProxyType(retention),
+            messages=MappingProxyType({str(ReasonCode(c)): t for c, t in (messages or {}).items()}),
         )
 
     def retention_us(self, item_code: str) -> int:

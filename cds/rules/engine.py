@@ -18,13 +18,12 @@ from cds.domain import (
     ItemDecision,
     Order,
     Reason,
-    ReasonCode,
     new_tuple,
 )
 from cds.results.base import PatientResults
 from cds.rules.common import RuleContext
 from cds.rules.duplicates import DuplicateRule
-from cds.rules.gene_tests import GeneTestRule, not_in_catalogue
+from cds.rules.gene_tests import GeneTestRule, NotInCatalogue
 from cds.rules.recognition import RecognitionRule
 
 _ALLOW = Decision.ALLOW
@@ -46,13 +45,14 @@ def _decision_of(reason: Reason) -> Decision:
 class Engine:
     """Compiled rules for one Snapshot; built once per catalogue load, then shared read-only."""
 
-    __slots__ = ("_ctx", "_duplicate", "_plans", "snapshot")
+    __slots__ = ("_ctx", "_duplicate", "_not_in_catalogue", "_plans", "snapshot")
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
         ctx = RuleContext.from_snapshot(snapshot)
         self._ctx = ctx
-        self._duplicate = DuplicateRule(ctx.severity[str(ReasonCode.DUPLICATE_IN_REQUEST)])
+        self._duplicate = DuplicateRule(ctx)
+        self._not_in_catalogue = NotInCatalogue(ctx)
         labs = dict(snapshot.sendout_labs)
         recognition = {
             code: RecognitionRule(item, ctx) for code, item in snapshot.recognition_items.items()
@@ -86,10 +86,10 @@ class Engine:
                     first_line[code] = item.line_id
                 else:
                     name = code if plan is None else plan.name
-                    found.append(self._duplicate.reason(name, first))
+                    found.append(self._duplicate.reason(code, name, first))
             if plan is None:
                 if item.category == _GENE_TEST:
-                    found.append(not_in_catalogue(code, self._ctx))
+                    found.append(self._not_in_catalogue(code))
             else:
                 rows = results.get(code)
                 recog = plan.recognition
@@ -101,7 +101,7 @@ class Engine:
                 if gene is not None:
                     gene.check(order, item, rows, found)
                 elif item.category == _GENE_TEST:
-                    found.append(not_in_catalogue(code, self._ctx))
+                    found.append(self._not_in_catalogue(code))
             if found:
                 decision = max(map(_decision_of, found))
                 decided.append(

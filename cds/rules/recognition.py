@@ -34,7 +34,9 @@ class RecognitionRule:
     __slots__ = (
         "_ctx",
         "code",
+        "days_text",
         "exempt_decision",
+        "exempt_message",
         "name",
         "override_options",
         "province",
@@ -42,6 +44,7 @@ class RecognitionRule:
         "validity_days",
         "validity_us",
         "warn_decision",
+        "warn_message",
     )
 
     def __init__(self, item: RecognitionItem, ctx: RuleContext) -> None:
@@ -55,6 +58,9 @@ class RecognitionRule:
         self.warn_decision = ctx.severity[_WARN]
         self.exempt_decision = ctx.severity[_EXEMPT]
         self.override_options = ctx.override_options
+        self.days_text = str(item.validity_days)  # formatted once, not per reason
+        self.warn_message = ctx.wording[_WARN]
+        self.exempt_message = ctx.wording[_EXEMPT]
 
     def check(self, order: Order, rows: Sequence[StoredResult]) -> Reason | None:
         """The recognition reason for this item, or None when no prior result counts."""
@@ -66,16 +72,17 @@ class RecognitionRule:
         return self._reason(order, prior) if prior else None
 
     def _reason(self, order: Order, prior: tuple[PriorResult, ...]) -> Reason:
-        found = (
-            f"「{self.name}」有 {len(prior)} 份可互认的既往结果"
-            f"（互认有效期 {self.validity_days} 天），"
-            f"最近一次为 {self._ctx.newest(prior)}"
-        )
+        ctx = self._ctx
+        newest = prior[0]
+        day = ctx.day(newest.reported_at_us)
+        institution = ctx.institution_name(newest.institution_id)
         if order.encounter_type == _EMERGENCY:
             return Reason(
                 _EXEMPT,
                 self.exempt_decision,
-                f"急诊免于互认提醒：{found}。",
+                self.exempt_message(
+                    self.code, self.name, self.days_text, len(prior), day, institution
+                ),
                 prior,
                 (),
                 self.source,
@@ -83,7 +90,7 @@ class RecognitionRule:
         return Reason(
             _WARN,
             self.warn_decision,
-            f"{found}，请优先互认；如需复查，请选择不予互认的理由。",
+            self.warn_message(self.code, self.name, self.days_text, len(prior), day, institution),
             prior,
             self.override_options,
             self.source,

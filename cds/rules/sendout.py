@@ -25,11 +25,14 @@ class SendoutRule:
         "_labs",
         "code",
         "expired_decision",
+        "expired_message",
         "in_house",
         "in_house_reason",
         "name",
         "not_approved_decision",
+        "not_approved_message",
         "source",
+        "unknown_lab_message",
     )
 
     def __init__(
@@ -42,10 +45,13 @@ class SendoutRule:
         self.in_house = test.in_house_institutions
         self.not_approved_decision: Decision = ctx.severity[_NOT_APPROVED]
         self.expired_decision: Decision = ctx.severity[_EXPIRED]
+        self.not_approved_message = ctx.wording[_NOT_APPROVED]
+        self.unknown_lab_message = ctx.unknown_lab_wording
+        self.expired_message = ctx.wording[_EXPIRED]
         self.in_house_reason = Reason(
             _IN_HOUSE,
             ctx.severity[_IN_HOUSE],
-            f"本院可开展「{self.name}」，不应外送检测。",
+            ctx.wording[_IN_HOUSE](test.code, self.name),
             (),
             (),
             source,
@@ -59,7 +65,7 @@ class SendoutRule:
                 Reason(
                     _NOT_APPROVED,
                     self.not_approved_decision,
-                    f"外送实验室 {lab_id} 不在获批的外送实验室名单中，不得外送「{self.name}」。",
+                    self.unknown_lab_message(self.code, self.name, lab_id, lab_id),
                     (),
                     (),
                     self.source,
@@ -71,8 +77,7 @@ class SendoutRule:
                     Reason(
                         _NOT_APPROVED,
                         self.not_approved_decision,
-                        f"外送实验室「{lab.name or lab.id}」"
-                        f"未获准承接本院的「{self.name}」外送检测。",
+                        self.not_approved_message(self.code, self.name, lab.id, lab.name or lab.id),
                         (),
                         (),
                         self.source,
@@ -83,8 +88,13 @@ class SendoutRule:
                     Reason(
                         _EXPIRED,
                         self.expired_decision,
-                        f"外送实验室「{lab.name or lab.id}」的资质有效期至 "
-                        f"{lab.qualification_valid_until.isoformat()}，已过期，不得外送。",
+                        self.expired_message(
+                            self.code,
+                            self.name,
+                            lab.id,
+                            lab.name or lab.id,
+                            lab.qualification_valid_until.isoformat(),
+                        ),
                         (),
                         (),
                         self.source,

@@ -146,6 +146,7 @@ def make_snapshot(
     override_reasons: Iterable[OverrideOption] = NATIONAL_OVERRIDES,
     severity: Mapping[str, Decision] | None = None,
     version: str = "test-1",
+    messages: Mapping[str, str] | None = None,
 ) -> Snapshot:
     return Snapshot.create(
         version=version,
@@ -156,6 +157,7 @@ def make_snapshot(
         sendout_labs=sendout_labs,
         override_reasons=override_reasons,
         severity=severity,
+        messages=messages,
     )
 
 
