@@ -162,6 +162,9 @@ class Reason(NamedTuple):
     prior_results: tuple[PriorResult, ...] = ()
     override_options: tuple[OverrideOption, ...] = ()
     source: str = ""
+    # A silent rule's reason (SILENT policy, or an entry marked "silent"): evaluated,
+    # counted and logged, never answered; ``decision`` is what it would decide if not.
+    silent: bool = False
 
 
 class ItemDecision(NamedTuple):
@@ -171,8 +174,19 @@ class ItemDecision(NamedTuple):
     reasons: tuple[Reason, ...]
 
 
+class SilentReason(NamedTuple):
+    """A reason a silent rule found on one line (``line`` indexes ``Evaluation.items``)."""
+
+    line: int
+    reason: Reason
+
+
 class Evaluation(NamedTuple):
-    """What the engine decides for one order; the service adds ids, version and degradation."""
+    """What the engine decides for one order; the service adds ids, version and degradation.
+
+    ``items`` is the answer; ``silent`` what silent rules found, which changes no line.
+    """
 
     decision: Decision
     items: tuple[ItemDecision, ...]
+    silent: tuple[SilentReason, ...] = ()

@@ -108,8 +108,10 @@ def test_metrics_carry_every_contract_metric_and_no_identifier(server):
         assert f"\n{name}" in text, name
     assert 'cds_item_decisions_total{decision="warn"} ' in text
     assert 'decision="unspecified"' not in text
-    assert 'cds_reasons_total{code="RECOGNIZABLE_RESULT_EXISTS"} ' in text
-    assert 'cds_reasons_total{code="DUPLICATE_IN_REQUEST"} ' in text
+    # silent="" is how Prometheus stores no label: these are the series {code="..."}.
+    assert 'cds_reasons_total{code="RECOGNIZABLE_RESULT_EXISTS",silent=""} ' in text
+    assert 'cds_reasons_total{code="DUPLICATE_IN_REQUEST",silent=""} ' in text
+    assert 'silent="true"' not in text  # no silent rule, no silent series
     assert 'grpc_method="Check"' in text
     assert 'grpc_code="OK"' in text
     assert "cds_results_ingested_total 1.0" in text

@@ -58,7 +58,7 @@ _KINDS = (
     _Kind(
         "recognition item",
         lambda s: s.recognition_items,
-        ("name", "category", "validity_days", "scope", "source"),
+        ("name", "category", "validity_days", "scope", "source", "silent"),
     ),
     _Kind(
         "gene test",
@@ -125,9 +125,9 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot, *, limit: int = 500) -> 
     if old_order != new_order and set(old_order) == set(new_order):
         lines.append(f"override reasons reordered: {', '.join(new_order)}")
     for code in ReasonCode:
-        before_d, after_d = old.severity[code], new.severity[code]
+        before_d, after_d = _policy(old, code), _policy(new, code)
         if before_d != after_d:
-            lines.append(f"policy severity {code}: {before_d.name} -> {after_d.name}")
+            lines.append(f"policy severity {code}: {before_d} -> {after_d}")
     lines.extend(_message_changes(old.messages, new.messages))
     if not lines:
         if old.digest and old.digest == new.digest:
@@ -139,6 +139,10 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot, *, limit: int = 500) -> 
         rest = len(lines) - (limit - 1)
         lines = [*lines[: limit - 1], f"... and {rest} more changes ({len(lines)} in all)"]
     return lines
+
+
+def _policy(snapshot: Snapshot, code: str) -> str:
+    return "SILENT" if code in snapshot.silent_codes else snapshot.severity[code].name
 
 
 def _message_changes(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
@@ -181,10 +185,13 @@ def summarize(snapshot: Snapshot) -> str:
     group = sum(1 for i in items if i.scope == "GROUP")
     unpriced = sum(1 for g in snapshot.gene_tests.values() if g.price_item_code is None)
     changed = [
-        f"{code}={decision.name}"
+        f"{code}={_policy(snapshot, code)}"
         for code, decision in snapshot.severity.items()
-        if DEFAULT_SEVERITY[ReasonCode(code)] != decision
+        if DEFAULT_SEVERITY[ReasonCode(code)] != decision or code in snapshot.silent_codes
     ]
+    silent_entries = sum(1 for i in items if i.silent) + sum(
+        1 for g in snapshot.gene_tests.values() if g.silent
+    )
     lines = [
         f"catalogue version {snapshot.version}",
         f"effective date: {snapshot.effective_date or '(not set)'}; time zone: {snapshot.timezone}",
@@ -195,6 +202,7 @@ def summarize(snapshot: Snapshot) -> str:
         f"send-out labs: {len(snapshot.sendout_labs)}",
         f"override reasons: {len(snapshot.override_reasons)}",
         f"policy: {', '.join(changed) if changed else 'default severities'}",
+        f"silent entries: {silent_entries}",
         f"messages: {_worded(snapshot)}",
     ]
     if snapshot.source:

@@ -59,6 +59,8 @@ _DATE_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
 _MAX_MESSAGE = 300
 _UTF8_BOM = b"\xef\xbb\xbf"
+# The policy value of a silent reason code (not a decision: it changes none).
+_SILENT = "SILENT"
 
 
 class CatalogError(Exception):
@@ -332,6 +334,7 @@ def _build(data: Mapping[str, Any], *, source: str, digest: str) -> Snapshot:
             validity_days=int(e["validity_days"]),
             scope=e.get("scope", "PROVINCE"),
             source=e.get("source", ""),
+            silent=e.get("silent", False),
         )
         for e in data.get("recognition_items", ())
     ]
@@ -353,6 +356,7 @@ def _build(data: Mapping[str, Any], *, source: str, digest: str) -> Snapshot:
                 in_house_institutions=frozenset(e.get("in_house_institutions", ())),
                 repeat_interval_days=None if repeat is None else int(repeat),
                 source=e.get("source", ""),
+                silent=e.get("silent", False),
             )
         )
     labs = []
@@ -377,9 +381,9 @@ def _build(data: Mapping[str, Any], *, source: str, digest: str) -> Snapshot:
         )
         for e in data.get("override_reasons", ())
     ]
-    severity = {
-        code: Decision[value] for code, value in data.get("policy", {}).get("severity", {}).items()
-    }
+    policy = data.get("policy", {}).get("severity", {})
+    severity = {code: Decision[value] for code, value in policy.items() if value != _SILENT}
+    silent_codes = [code for code, value in policy.items() if value == _SILENT]
     return Snapshot.create(
         version=data["version"],
         effective_date=data.get("effective_date", ""),
@@ -393,6 +397,7 @@ def _build(data: Mapping[str, Any], *, source: str, digest: str) -> Snapshot:
         source=source,
         digest=digest,
         messages=data.get("messages", {}),
+        silent_codes=silent_codes,
     )
 
 

@@ -48,6 +48,7 @@ class RecognitionItem(NamedTuple):
     validity_days: int
     scope: str  # "PROVINCE" | "GROUP"
     source: str = ""
+    silent: bool = False  # its reasons are counted and logged, never answered
 
     @property
     def validity_us(self) -> int:
@@ -67,6 +68,7 @@ class GeneTest(NamedTuple):
     in_house_institutions: frozenset[str]
     repeat_interval_days: int | None  # None = no repeat check
     source: str = ""
+    silent: bool = False  # its reasons are counted and logged, never answered
 
 
 class SendoutLab(NamedTuple):
@@ -95,7 +97,7 @@ class Snapshot:
     override_reasons: Mapping[str, OverrideOption]
     # The override reasons in catalogue order, as offered on a reason.
     override_options: tuple[OverrideOption, ...]
-    # Every ReasonCode -> its decision after policy.
+    # Every ReasonCode -> its decision after policy (a SILENT code: its default).
     severity: Mapping[str, Decision]
     # Where it came from (path) and a content digest, for status and logs.
     source: str = ""
@@ -108,6 +110,8 @@ class Snapshot:
     # The catalogue's own wording: reason code -> template (cds.catalog.messages); codes
     # it does not list keep the built-in text.
     messages: Mapping[str, str] = field(default_factory=dict)
+    # Codes whose policy is SILENT: evaluated, counted and logged, never answered.
+    silent_codes: frozenset[str] = frozenset()
 
     @classmethod
     def create(
@@ -125,6 +129,7 @@ class Snapshot:
         source: str = "",
         digest: str = "",
         messages: Mapping[str, str] | None = None,
+        silent_codes: Iterable[str] = (),
     ) -> Snapshot:
         """Index validated entries. Callers guarantee uniqueness and references."""
         recog = {r.code: r for r in recognition_items}
@@ -159,6 +164,7 @@ class Snapshot:
             ),
             _retention=MappingProxyType(retention),
             messages=MappingProxyType({str(ReasonCode(c)): t for c, t in (messages or {}).items()}),
+            silent_codes=frozenset(str(ReasonCode(c)) for c in silent_codes),
         )
 
     def retention_us(self, item_code: str) -> int:

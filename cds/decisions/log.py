@@ -37,7 +37,15 @@ from typing import Any, NamedTuple
 import orjson
 
 from cds.config import DEFAULT_DECISION_LOG_BACKUPS, DEFAULT_DECISION_LOG_MAX_BYTES
-from cds.domain import US_PER_SECOND, Decision, EncounterType, Evaluation, FeedbackOutcome, Order
+from cds.domain import (
+    US_PER_SECOND,
+    Decision,
+    EncounterType,
+    Evaluation,
+    FeedbackOutcome,
+    Order,
+    Reason,
+)
 from cds.security.pseudonyms import Pseudonymizer
 
 _LOG = logging.getLogger(__name__)
@@ -47,6 +55,17 @@ SCHEMA = "cds.audit/v1"
 # Keyed by int so a plain int from any caller formats the same as the enum member.
 _DECISION = {int(d): d.name for d in Decision}
 _ENCOUNTER = {int(e): e.name for e in EncounterType}
+
+
+def _reason_entry(r: Reason) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "code": r.code,
+        "decision": _DECISION[r.decision],
+        "prior_result_ids": [pr.result_id for pr in r.prior_results],
+    }
+    if r.silent:  # only when true: a record without it reads as before
+        entry["silent"] = True
+    return entry
 
 
 def _rfc3339(at_us: int) -> str:
@@ -304,23 +323,20 @@ class DecisionLog:
     def _decision_line(self, d: DecisionEntry) -> bytes:
         p = self._pseudonymizer
         order = d.order
+        silent: dict[int, list[Reason]] = {}
+        for hushed in d.evaluation.silent:
+            silent.setdefault(hushed.line, []).append(hushed.reason)
         items = []
-        for it in d.evaluation.items:
-            if not it.reasons:
+        for index, it in enumerate(d.evaluation.items):
+            reasons = [*it.reasons, *silent.get(index, ())]
+            if not reasons:
                 continue  # data minimisation: an item with nothing to say is not recorded
             items.append(
                 {
                     "line_id": it.line_id,
                     "item_code": it.item_code,
                     "decision": _DECISION[it.decision],
-                    "reasons": [
-                        {
-                            "code": r.code,
-                            "decision": _DECISION[r.decision],
-                            "prior_result_ids": [pr.result_id for pr in r.prior_results],
-                        }
-                        for r in it.reasons
-                    ],
+                    "reasons": [_reason_entry(r) for r in reasons],
                 }
             )
         record = {

@@ -41,6 +41,7 @@ class OrderChecker:
         "_memory",
         "_reason_counters",
         "_recorder",
+        "_silent_counters",
         "_state",
         "_store",
     )
@@ -61,6 +62,7 @@ class OrderChecker:
         self._ids = ids or DecisionIds()
         self._item_counters = metrics.item_decisions
         self._reason_counters = metrics.reasons
+        self._silent_counters = metrics.silent_reasons
         self._degraded = metrics.degraded_results
 
     async def check(self, order: Order, now_us: int) -> Checked:
@@ -84,7 +86,10 @@ class OrderChecker:
             item_counters[item.decision].inc()
             for reason in item.reasons:
                 reason_counters[reason.code].inc()
-        if evaluation.decision > _ALLOW:
+        silent = evaluation.silent
+        for hushed in silent:
+            self._silent_counters[hushed.reason.code].inc()
+        if evaluation.decision > _ALLOW or silent:
             entry = (decision_id, order, evaluation, version, degraded, now_us)
             self._recorder.decision(new_tuple(DecisionEntry, entry))
         return new_tuple(Checked, (decision_id, version, evaluation, degraded))

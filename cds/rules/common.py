@@ -108,6 +108,8 @@ class RuleContext(NamedTuple):
     wording: Mapping[str, Render]
     # SENDOUT_LAB_NOT_APPROVED for a lab the catalogue does not list.
     unknown_lab_wording: Render
+    # Codes whose policy is SILENT (their reasons carry ``silent``).
+    silent_codes: frozenset[str]
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> RuleContext:
@@ -136,6 +138,7 @@ class RuleContext(NamedTuple):
             unknown_lab_wording=compile_template(
                 _NOT_APPROVED, template_of(snapshot.messages, _NOT_APPROVED, BUILT_IN_UNKNOWN_LAB)
             ),
+            silent_codes=snapshot.silent_codes,
         )
 
     def day(self, us: int) -> str:

@@ -19,6 +19,7 @@ from cds.domain import (
     Reason,
     ReasonCode,
     StoredResult,
+    new_tuple,
 )
 from cds.rules.common import RuleContext, prior_results
 from cds.rules.sendout import SendoutRule
@@ -38,21 +39,26 @@ _SHOWN_INDICATIONS = 8
 class NotInCatalogue:
     """The refusal of a gene test off the list; its message names the code as ordered."""
 
-    __slots__ = ("_ctx", "_message", "decision")
+    __slots__ = ("_ctx", "_message", "decision", "silent")
 
     def __init__(self, ctx: RuleContext) -> None:
         self._ctx = ctx
         self.decision = ctx.severity[_NOT_IN_CATALOGUE]
         self._message = ctx.wording[_NOT_IN_CATALOGUE]
+        self.silent = _NOT_IN_CATALOGUE in ctx.silent_codes
 
     def __call__(self, item_code: str) -> Reason:
-        return Reason(
-            _NOT_IN_CATALOGUE,
-            self.decision,
-            self._message(item_code),
-            (),
-            (),
-            self._ctx.catalogue_citation,
+        return new_tuple(
+            Reason,
+            (
+                _NOT_IN_CATALOGUE,
+                self.decision,
+                self._message(item_code),
+                (),
+                (),
+                self._ctx.catalogue_citation,
+                self.silent,
+            ),
         )
 
 
@@ -78,6 +84,7 @@ class GeneTestRule:
         "repeat_days_text",
         "repeat_decision",
         "repeat_message",
+        "repeat_silent",
         "repeat_us",
         "sendout",
         "source",
@@ -98,7 +105,10 @@ class GeneTestRule:
 
         def static(code: str, *more: object) -> Reason:
             message = wording[code](test.code, name, *more)
-            return Reason(code, sev[code], message, (), (), source)
+            return Reason(code, sev[code], message, (), (), source, silent(code))
+
+        def silent(code: str) -> bool:
+            return test.silent or code in ctx.silent_codes
 
         self.not_priced_reason: Reason | None = None
         if test.price_item_code is None:
@@ -112,6 +122,7 @@ class GeneTestRule:
             None if test.repeat_interval_days is None else test.repeat_interval_days * US_PER_DAY
         )
         self.repeat_decision = sev[_REPEATED]
+        self.repeat_silent = silent(_REPEATED)
         self.repeat_message = wording[_REPEATED]
         self.repeat_days_text = str(test.repeat_interval_days)
         self.sendout = SendoutRule(test, source, labs, ctx)
@@ -151,18 +162,22 @@ class GeneTestRule:
             return None
         ctx = self._ctx
         newest = prior[0]
-        return Reason(
-            _REPEATED,
-            self.repeat_decision,
-            self.repeat_message(
-                self.code,
-                self.name,
-                self.repeat_days_text,
-                len(prior),
-                ctx.day(newest.reported_at_us),
-                ctx.institution_name(newest.institution_id),
+        return new_tuple(
+            Reason,
+            (
+                _REPEATED,
+                self.repeat_decision,
+                self.repeat_message(
+                    self.code,
+                    self.name,
+                    self.repeat_days_text,
+                    len(prior),
+                    ctx.day(newest.reported_at_us),
+                    ctx.institution_name(newest.institution_id),
+                ),
+                prior,
+                ctx.override_options,
+                self.source,
+                self.repeat_silent,
             ),
-            prior,
-            ctx.override_options,
-            self.source,
         )

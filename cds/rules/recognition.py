@@ -19,6 +19,7 @@ from cds.domain import (
     Reason,
     ReasonCode,
     StoredResult,
+    new_tuple,
 )
 from cds.rules.common import NATIONAL_RECOGNITION_POLICY, RuleContext, prior_results
 
@@ -37,6 +38,7 @@ class RecognitionRule:
         "days_text",
         "exempt_decision",
         "exempt_message",
+        "exempt_silent",
         "name",
         "override_options",
         "province",
@@ -45,6 +47,7 @@ class RecognitionRule:
         "validity_us",
         "warn_decision",
         "warn_message",
+        "warn_silent",
     )
 
     def __init__(self, item: RecognitionItem, ctx: RuleContext) -> None:
@@ -61,6 +64,8 @@ class RecognitionRule:
         self.days_text = str(item.validity_days)  # formatted once, not per reason
         self.warn_message = ctx.wording[_WARN]
         self.exempt_message = ctx.wording[_EXEMPT]
+        self.warn_silent = item.silent or _WARN in ctx.silent_codes
+        self.exempt_silent = item.silent or _EXEMPT in ctx.silent_codes
 
     def check(self, order: Order, rows: Sequence[StoredResult]) -> Reason | None:
         """The recognition reason for this item, or None when no prior result counts."""
@@ -77,21 +82,31 @@ class RecognitionRule:
         day = ctx.day(newest.reported_at_us)
         institution = ctx.institution_name(newest.institution_id)
         if order.encounter_type == _EMERGENCY:
-            return Reason(
-                _EXEMPT,
-                self.exempt_decision,
-                self.exempt_message(
+            return new_tuple(
+                Reason,
+                (
+                    _EXEMPT,
+                    self.exempt_decision,
+                    self.exempt_message(
+                        self.code, self.name, self.days_text, len(prior), day, institution
+                    ),
+                    prior,
+                    (),
+                    self.source,
+                    self.exempt_silent,
+                ),
+            )
+        return new_tuple(
+            Reason,
+            (
+                _WARN,
+                self.warn_decision,
+                self.warn_message(
                     self.code, self.name, self.days_text, len(prior), day, institution
                 ),
                 prior,
-                (),
+                self.override_options,
                 self.source,
-            )
-        return Reason(
-            _WARN,
-            self.warn_decision,
-            self.warn_message(self.code, self.name, self.days_text, len(prior), day, institution),
-            prior,
-            self.override_options,
-            self.source,
+                self.warn_silent,
+            ),
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from cds.catalog.snapshot import GeneTest, SendoutLab
-from cds.domain import Decision, Order, Reason, ReasonCode
+from cds.domain import Decision, Order, Reason, ReasonCode, new_tuple
 from cds.rules.common import RuleContext
 
 _NOT_APPROVED = str(ReasonCode.SENDOUT_LAB_NOT_APPROVED)
@@ -26,11 +26,13 @@ class SendoutRule:
         "code",
         "expired_decision",
         "expired_message",
+        "expired_silent",
         "in_house",
         "in_house_reason",
         "name",
         "not_approved_decision",
         "not_approved_message",
+        "not_approved_silent",
         "source",
         "unknown_lab_message",
     )
@@ -48,6 +50,8 @@ class SendoutRule:
         self.not_approved_message = ctx.wording[_NOT_APPROVED]
         self.unknown_lab_message = ctx.unknown_lab_wording
         self.expired_message = ctx.wording[_EXPIRED]
+        self.not_approved_silent = test.silent or _NOT_APPROVED in ctx.silent_codes
+        self.expired_silent = test.silent or _EXPIRED in ctx.silent_codes
         self.in_house_reason = Reason(
             _IN_HOUSE,
             ctx.severity[_IN_HOUSE],
@@ -55,6 +59,7 @@ class SendoutRule:
             (),
             (),
             source,
+            test.silent or _IN_HOUSE in ctx.silent_codes,
         )
 
     def check(self, order: Order, lab_id: str, out: list[Reason]) -> None:
@@ -62,42 +67,56 @@ class SendoutRule:
         lab = self._labs.get(lab_id)
         if lab is None:
             out.append(
-                Reason(
-                    _NOT_APPROVED,
-                    self.not_approved_decision,
-                    self.unknown_lab_message(self.code, self.name, lab_id, lab_id),
-                    (),
-                    (),
-                    self.source,
+                new_tuple(
+                    Reason,
+                    (
+                        _NOT_APPROVED,
+                        self.not_approved_decision,
+                        self.unknown_lab_message(self.code, self.name, lab_id, lab_id),
+                        (),
+                        (),
+                        self.source,
+                        self.not_approved_silent,
+                    ),
                 )
             )
         else:
             if (order.institution_id, self.code) not in lab.approved:
                 out.append(
-                    Reason(
-                        _NOT_APPROVED,
-                        self.not_approved_decision,
-                        self.not_approved_message(self.code, self.name, lab.id, lab.name or lab.id),
-                        (),
-                        (),
-                        self.source,
+                    new_tuple(
+                        Reason,
+                        (
+                            _NOT_APPROVED,
+                            self.not_approved_decision,
+                            self.not_approved_message(
+                                self.code, self.name, lab.id, lab.name or lab.id
+                            ),
+                            (),
+                            (),
+                            self.source,
+                            self.not_approved_silent,
+                        ),
                     )
                 )
             if order.order_time_us >= lab.qualification_end_us:
                 out.append(
-                    Reason(
-                        _EXPIRED,
-                        self.expired_decision,
-                        self.expired_message(
-                            self.code,
-                            self.name,
-                            lab.id,
-                            lab.name or lab.id,
-                            lab.qualification_valid_until.isoformat(),
+                    new_tuple(
+                        Reason,
+                        (
+                            _EXPIRED,
+                            self.expired_decision,
+                            self.expired_message(
+                                self.code,
+                                self.name,
+                                lab.id,
+                                lab.name or lab.id,
+                                lab.qualification_valid_until.isoformat(),
+                            ),
+                            (),
+                            (),
+                            self.source,
+                            self.expired_silent,
                         ),
-                        (),
-                        (),
-                        self.source,
                     )
                 )
         if order.institution_id in self.in_house:

@@ -147,6 +147,7 @@ def make_snapshot(
     severity: Mapping[str, Decision] | None = None,
     version: str = "test-1",
     messages: Mapping[str, str] | None = None,
+    silent_codes: Iterable[str] = (),
 ) -> Snapshot:
     return Snapshot.create(
         version=version,
@@ -158,6 +159,7 @@ def make_snapshot(
         override_reasons=override_reasons,
         severity=severity,
         messages=messages,
+        silent_codes=silent_codes,
     )
 
 
