@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "security": {"config", "domain"},
     "rules": {"domain", "catalog", "results"},
     "decisions": {"domain", "config", "metrics", "results", "security"},
-    "rollout": {"domain", "catalog", "rules", "metrics"},
+    "rollout": {"domain", "catalog", "rules", "metrics", "results"},
     "orders": {"domain", "config", "metrics", "results", "decisions", "rollout"},
     "service": _BELOW_SERVICE | {"rollout", "orders", "security", "v1"},
     "runtime": _BELOW_SERVICE | {"rollout", "orders", "security", "service", "v1"},

@@ -306,6 +306,43 @@ def _template_errors(data: Mapping[str, Any]) -> list[_Error]:
     return errors
 
 
+# How the shipped catalogue labels what is not real (catalog/README.md): the word in
+# capitals in a code (EXAMPLE-LAB-A), its source or its notes ("EXAMPLE entry: ...").
+_EXAMPLE = re.compile(r"\bEXAMPLES?\b")
+_LISTS = ("institutions", "recognition_items", "gene_tests", "sendout_labs", "override_reasons")
+
+
+def _example_errors(data: Mapping[str, Any]) -> list[_Error]:
+    """Each entry that still carries the example marking anywhere in it, with where."""
+    errors = []
+    for list_key in _LISTS:
+        for i, entry in _entries(data, list_key):
+            marked = sorted({str(path[0]) for path in _marked(entry, ())})
+            if marked:
+                name = entry.get("code", entry.get("id"))
+                what = f"{name} is" if isinstance(name, str) else "this entry is"
+                errors.append(
+                    _Error(
+                        (list_key, i),
+                        f"{what} still marked as an example (EXAMPLE in {', '.join(marked)}); "
+                        "replace it with the real entry or remove it",
+                    )
+                )
+    return errors
+
+
+def _marked(value: Any, path: Path) -> Iterator[Path]:
+    if isinstance(value, str):
+        if _EXAMPLE.search(value):
+            yield path
+    elif isinstance(value, dict):
+        for key, v in value.items():
+            yield from _marked(v, (*path, key))
+    elif isinstance(value, list):
+        for k, v in enumerate(value):
+            yield from _marked(v, (*path, k))
+
+
 def _unknown_inst(inst: str) -> str:
     return f"unknown institution {inst!r} (not in $.institutions)"
 
@@ -404,11 +441,12 @@ def _build(data: Mapping[str, Any], *, source: str, digest: str) -> Snapshot:
 # --------------------------------------------------------------------------- public
 
 
-def parse_catalog(data: bytes, *, source: str = "") -> Snapshot:
+def parse_catalog(data: bytes, *, source: str = "", strict: bool = False) -> Snapshot:
     """Validate catalogue bytes and build the Snapshot, or raise CatalogError with all errors.
 
     A leading UTF-8 byte-order mark is ignored (editors on Windows write one; RFC 8259
-    lets a parser ignore it); the digest is still of the bytes as given.
+    lets a parser ignore it); the digest is still of the bytes as given. ``strict``
+    also refuses every entry still marked as an example (:func:`_example_errors`).
     """
     digest = hashlib.sha256(data).hexdigest()
     body = data[len(_UTF8_BOM) :] if data.startswith(_UTF8_BOM) else data
@@ -419,12 +457,14 @@ def parse_catalog(data: bytes, *, source: str = "") -> Snapshot:
     errors = list(_schema_errors(doc))
     if isinstance(doc, dict):
         errors.extend(_cross_errors(doc))
+        if strict:
+            errors.extend(_example_errors(doc))
     if errors:
         raise CatalogError(_render(errors), source=source)
     return _build(doc, source=source, digest=digest)
 
 
-def load_catalog(path: str | os.PathLike[str]) -> Snapshot:
+def load_catalog(path: str | os.PathLike[str], *, strict: bool = False) -> Snapshot:
     """Read and parse a catalogue file; an unreadable file is a CatalogError like any other."""
     source = os.fspath(path)
     try:
@@ -433,4 +473,4 @@ def load_catalog(path: str | os.PathLike[str]) -> Snapshot:
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
         raise CatalogError([f"$: cannot read {source}: {reason}"], source=source) from None
-    return parse_catalog(data, source=source)
+    return parse_catalog(data, source=source, strict=strict)

@@ -17,6 +17,7 @@ from cds.decisions.recorder import DecisionRecorder
 from cds.domain import RESULTS_UNAVAILABLE, Decision, Evaluation, Order, new_tuple
 from cds.metrics import Metrics
 from cds.results.base import EMPTY_RESULTS, ResultStore, ResultsUnavailable
+from cds.rollout.replay import RecentOrders
 from cds.rollout.state import CatalogState
 
 _DEGRADED_RESULTS = (RESULTS_UNAVAILABLE,)
@@ -38,6 +39,7 @@ class OrderChecker:
         "_degraded",
         "_ids",
         "_item_counters",
+        "_keep",
         "_memory",
         "_reason_counters",
         "_recorder",
@@ -54,6 +56,7 @@ class OrderChecker:
         metrics: Metrics,
         recorder: DecisionRecorder,
         ids: DecisionIds | None = None,
+        recent: RecentOrders | None = None,
     ) -> None:
         self._state = state
         self._store = store
@@ -64,6 +67,8 @@ class OrderChecker:
         self._reason_counters = metrics.reasons
         self._silent_counters = metrics.silent_reasons
         self._degraded = metrics.degraded_results
+        # Where orders are kept to preview a catalogue change on (None: nowhere).
+        self._keep = recent.record if recent is not None else None
 
     async def check(self, order: Order, now_us: int) -> Checked:
         active = self._state.active  # read once: this call sees one catalogue to its end
@@ -77,6 +82,8 @@ class OrderChecker:
             degraded = _DEGRADED_RESULTS
             self._degraded.inc()
         evaluation = active.engine.evaluate(order, results)
+        if self._keep is not None:
+            self._keep(order)
         decision_id = self._ids()
         version = active.version
         self._memory.remember(decision_id, order, evaluation, version)

@@ -31,6 +31,7 @@ from cds.orders.checker import OrderChecker
 from cds.orders.feedback import FeedbackDesk
 from cds.results.base import ResultStore
 from cds.results.factory import open_store
+from cds.rollout.replay import RecentOrders, Replayer
 from cds.rollout.state import CatalogState
 from cds.runtime.lifecycle import check_transport, print_refused_catalog, serve
 from cds.security.auth import Authenticator, AuthInterceptor
@@ -110,6 +111,9 @@ class CdsServer:
             else DecisionMemory(config.max_decisions, config.decision_ttl)
         )
         self.role = role
+        # The orders a reload's impact is replayed on (in memory only, never logged).
+        self.recent = RecentOrders(config.replay_orders) if config.replay_orders else None
+        state.replayer = Replayer(self.recent, store.get_patient)
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
@@ -175,7 +179,9 @@ class CdsServer:
 
     def _register(self) -> None:
         cap = self.config.deadline_cap
-        checker = OrderChecker(self.state, self.store, self.memory, self.metrics, self.recorder)
+        checker = OrderChecker(
+            self.state, self.store, self.memory, self.metrics, self.recorder, recent=self.recent
+        )
         desk = FeedbackDesk(self.memory, self.metrics, self.recorder)
         adapters = (
             OrderCheck(checker, desk, deadline_cap_s=cap),
