@@ -53,6 +53,28 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("old", metavar="OLD")
     diff.add_argument("new", metavar="NEW")
     diff.set_defaults(func=_catalog_diff)
+    imp = catalog.add_parser(
+        "import",
+        help="build or update recognition_items / gene_tests from CSV or XLSX sheets",
+    )
+    imp.add_argument("catalog", metavar="CATALOG", help="the catalogue JSON to update")
+    imp.add_argument("sheets", metavar="SHEET", nargs="+", help=".csv or .xlsx files")
+    imp.add_argument(
+        "--list",
+        choices=("recognition_items", "gene_tests"),
+        help="which list the sheets are (default: told by their headers)",
+    )
+    imp.add_argument("--sheet", metavar="NAME", help="the XLSX sheet to read (default: the first)")
+    imp.add_argument(
+        "--replace",
+        action="store_true",
+        help="the sheet is the whole list: entries whose code it lacks are removed",
+    )
+    imp.add_argument("--version", help="the new catalogue's version (a new edition needs one)")
+    imp.add_argument(
+        "--out", metavar="PATH", help="write the result here (default: CATALOG itself)"
+    )
+    imp.set_defaults(func=_catalog_import)
     reload = catalog.add_parser(
         "reload", help="ask a running server to reload its catalogue, or preview a change"
     )
@@ -203,6 +225,83 @@ def _load_or_report(path: str, *, strict: bool = False) -> Any:
         for error in refused.errors:
             print(f"  {error}", file=sys.stderr)
         return None
+
+
+def _catalog_import(args: argparse.Namespace) -> int:
+    """Sheets into the catalogue; written only if every row is good and the result is a
+    valid catalogue, else every reason why on stderr and exit 1."""
+    from pathlib import Path
+
+    import orjson
+
+    from cds.catalog.diff import diff_snapshots
+    from cds.catalog.load import CatalogError, parse_catalog
+    from cds.catalog.sheets import SheetError, import_sheet
+
+    source = Path(args.catalog)
+    try:
+        original = source.read_bytes()
+        doc = orjson.loads(original)
+    except (OSError, orjson.JSONDecodeError) as e:
+        print(f"cds: cannot read the catalogue {source}: {e}", file=sys.stderr)
+        return 1
+    if not isinstance(doc, dict):
+        print(f"cds: {source}: not a catalogue (a JSON object)", file=sys.stderr)
+        return 1
+    reports = []
+    try:
+        for sheet in args.sheets:
+            done = import_sheet(
+                doc, Path(sheet), list_key=args.list, sheet=args.sheet, replace=args.replace
+            )
+            reports.append((sheet, done))
+    except SheetError as bad:
+        print(f"cds: nothing imported, {len(bad.errors)} problem(s):", file=sys.stderr)
+        for error in bad.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    if args.version:
+        doc["version"] = args.version
+    result = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
+    out = Path(args.out or args.catalog)
+    try:
+        new = parse_catalog(result, source=str(out))
+    except CatalogError as refused:
+        print(
+            f"cds: nothing written: the imported catalogue would be invalid, "
+            f"{len(refused.errors)} error(s):",
+            file=sys.stderr,
+        )
+        for error in refused.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(result)
+    tmp.replace(out)
+    for sheet, done in reports:
+        print(
+            f"{sheet} -> {done.list_key}: {done.added} added, {done.updated} updated, "
+            f"{done.removed} removed"
+            + (
+                f" (columns ignored: {', '.join(done.ignored_headers)})"
+                if done.ignored_headers
+                else ""
+            )
+        )
+    try:
+        old = parse_catalog(original, source=str(source))
+    except CatalogError:
+        old = None
+    for line in diff_snapshots(old, new):
+        print(f"  {line}")
+    if old is not None and old.version == new.version and old.digest != new.digest:
+        print(
+            f"note: version {new.version} is unchanged; a server refuses other content under "
+            "its active version (give --version)",
+            file=sys.stderr,
+        )
+    print(f"written: {out}")
+    return 0
 
 
 def _catalog_diff(args: argparse.Namespace) -> int:
