@@ -146,7 +146,7 @@ def generate(path: Path, lines: int, seed: int = 1) -> dict[str, int]:
             tuple(order_items),
             at,
         )
-        entry = DecisionEntry(decision_id, order, evaluation, "v1", (), at, frozenset(genes), ())
+        entry = DecisionEntry(decision_id, order, evaluation, "v1", (), at, frozenset(genes))
         out.write(log._decision_line(entry))
         made["decision"] += 1
         written += 1

@@ -43,9 +43,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate = catalog.add_parser("validate", help="validate a catalogue file")
     validate.add_argument("path")
+    validate.add_argument(
+        "--strict",
+        action="store_true",
+        help="also refuse entries still marked as examples (EXAMPLE in a code, source, notes)",
+    )
     validate.set_defaults(func=_catalog_validate)
-    reload = catalog.add_parser("reload", help="ask a running server to reload its catalogue")
-    reload.add_argument("--dry-run", action="store_true", help="validate and diff only")
+    diff = catalog.add_parser("diff", help="what changes from one catalogue file to another")
+    diff.add_argument("old", metavar="OLD")
+    diff.add_argument("new", metavar="NEW")
+    diff.set_defaults(func=_catalog_diff)
+    imp = catalog.add_parser(
+        "import",
+        help="build or update recognition_items / gene_tests from CSV or XLSX sheets",
+    )
+    imp.add_argument("catalog", metavar="CATALOG", help="the catalogue JSON to update")
+    imp.add_argument("sheets", metavar="SHEET", nargs="+", help=".csv or .xlsx files")
+    imp.add_argument(
+        "--list",
+        choices=("recognition_items", "gene_tests"),
+        help="which list the sheets are (default: told by their headers)",
+    )
+    imp.add_argument("--sheet", metavar="NAME", help="the XLSX sheet to read (default: the first)")
+    imp.add_argument(
+        "--replace",
+        action="store_true",
+        help="the sheet is the whole list: entries whose code it lacks are removed",
+    )
+    imp.add_argument("--version", help="the new catalogue's version (a new edition needs one)")
+    imp.add_argument(
+        "--out", metavar="PATH", help="write the result here (default: CATALOG itself)"
+    )
+    imp.set_defaults(func=_catalog_import)
+    reload = catalog.add_parser(
+        "reload", help="ask a running server to reload its catalogue, or preview a change"
+    )
+    reload.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate, list the changes and replay recent orders; activate nothing",
+    )
+    reload.add_argument(
+        "--file",
+        metavar="PATH",
+        help="with --dry-run: preview this catalogue file instead of the server's own",
+    )
+    reload.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text: the changes and an impact table (default); json: the response",
+    )
     _client_args(reload)
     reload.set_defaults(func=_catalog_reload)
     status = catalog.add_parser("status", help="the running server's catalogue status")
@@ -283,14 +331,106 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _catalog_validate(args: argparse.Namespace) -> int:
     from cds.catalog.diff import summarize
+
+    snapshot = _load_or_report(args.path, strict=args.strict)
+    if snapshot is None:
+        return 1
+    print(summarize(snapshot))
+    return 0
+
+
+def _load_or_report(path: str, *, strict: bool = False) -> Any:
+    """The file's Snapshot, or None once every error is on stderr."""
     from cds.catalog.load import CatalogError, load_catalog
 
     try:
-        snapshot = load_catalog(args.path)
+        return load_catalog(path, strict=strict)
     except CatalogError as refused:
-        _print_errors(f"{args.path}: invalid, {len(refused.errors)} error(s):", refused.errors)
+        _print_errors(f"{path}: invalid, {len(refused.errors)} error(s):", refused.errors)
+        return None
+
+
+def _catalog_import(args: argparse.Namespace) -> int:
+    """Sheets into the catalogue; written only if every row is good and the result is a
+    valid catalogue, else every reason why on stderr and exit 1."""
+    from pathlib import Path
+
+    import orjson
+
+    from cds.catalog.diff import diff_snapshots
+    from cds.catalog.load import CatalogError, parse_catalog
+    from cds.catalog.sheets import SheetError, import_sheet
+
+    source = Path(args.catalog)
+    try:
+        original = source.read_bytes()
+        doc = orjson.loads(original)
+    except (OSError, orjson.JSONDecodeError) as e:
+        print(f"cds: cannot read the catalogue {source}: {e}", file=sys.stderr)
         return 1
-    print(summarize(snapshot))
+    if not isinstance(doc, dict):
+        print(f"cds: {source}: not a catalogue (a JSON object)", file=sys.stderr)
+        return 1
+    reports = []
+    try:
+        for sheet in args.sheets:
+            done = import_sheet(
+                doc, Path(sheet), list_key=args.list, sheet=args.sheet, replace=args.replace
+            )
+            reports.append((sheet, done))
+    except SheetError as bad:
+        _print_errors(f"cds: nothing imported, {len(bad.errors)} problem(s):", bad.errors)
+        return 1
+    if args.version:
+        doc["version"] = args.version
+    result = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
+    out = Path(args.out or args.catalog)
+    try:
+        new = parse_catalog(result, source=str(out))
+    except CatalogError as refused:
+        _print_errors(
+            "cds: nothing written: the imported catalogue would be invalid, "
+            f"{len(refused.errors)} error(s):",
+            refused.errors,
+        )
+        return 1
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(result)
+    tmp.replace(out)
+    for sheet, done in reports:
+        print(
+            f"{sheet} -> {done.list_key}: {done.added} added, {done.updated} updated, "
+            f"{done.removed} removed"
+            + (
+                f" (columns ignored: {', '.join(done.ignored_headers)})"
+                if done.ignored_headers
+                else ""
+            )
+        )
+    try:
+        old = parse_catalog(original, source=str(source))
+    except CatalogError:
+        old = None
+    for line in diff_snapshots(old, new):
+        print(f"  {line}")
+    if old is not None and old.version == new.version and old.digest != new.digest:
+        print(
+            f"note: version {new.version} is unchanged; a server refuses other content under "
+            "its active version (give --version)",
+            file=sys.stderr,
+        )
+    print(f"written: {out}")
+    return 0
+
+
+def _catalog_diff(args: argparse.Namespace) -> int:
+    from cds.catalog.diff import diff_snapshots
+
+    old, new = _load_or_report(args.old), _load_or_report(args.new)
+    if old is None or new is None:
+        return 1
+    for line in diff_snapshots(old, new):
+        print(line)
     return 0
 
 
@@ -470,12 +610,63 @@ def _feedback(args: argparse.Namespace) -> int:
 def _catalog_reload(args: argparse.Namespace) -> int:
     from cds.v1 import catalog_admin_pb2, catalog_admin_pb2_grpc
 
+    candidate = b""
+    if args.file is not None:
+        if not args.dry_run:
+            print(
+                "cds catalog reload: --file needs --dry-run: a candidate is previewed, never "
+                "activated (put it at the server's --catalog path and reload to activate it)",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            with open(args.file, "rb") as f:
+                candidate = f.read()
+        except OSError as e:
+            print(f"cds: cannot read {args.file}: {e.strerror or e}", file=sys.stderr)
+            return 2
+
     def call(channel: Any) -> None:
         stub = catalog_admin_pb2_grpc.CatalogAdminServiceStub(channel)
-        request = catalog_admin_pb2.ReloadCatalogRequest(dry_run=args.dry_run)
-        _print_message(stub.ReloadCatalog(request, timeout=args.timeout))
+        request = catalog_admin_pb2.ReloadCatalogRequest(dry_run=args.dry_run, candidate=candidate)
+        response = stub.ReloadCatalog(request, timeout=args.timeout)
+        if args.format == "json":
+            _print_message(response)
+        else:
+            print(_reload_text(response, _item_names(candidate)))
 
     return _call(args, call)
+
+
+def _reload_text(response: Any, names: dict[str, str]) -> str:
+    """A ReloadCatalogResponse as an administrator reads it."""
+    from cds.rollout.impact import Impact, ImpactRow, render
+
+    version, previous = response.version, response.previous_version
+    if response.activated:
+        head = f"activated version {version} (previous {previous})"
+    else:
+        head = f"dry run: version {version} not activated ({previous} in force)"
+    impact = response.impact
+    rows = tuple(
+        ImpactRow.of(r.item_code, r.before, r.after, r.lines, r.reasons_added, r.reasons_removed)
+        for r in impact.rows
+    )
+    summary = Impact(impact.orders_replayed, impact.lines_changed, rows)
+    changes = [f"  {line}" for line in response.changes]
+    return "\n".join([head, "", "changes:", *changes, "", render(summary, names)])
+
+
+def _item_names(candidate: bytes) -> dict[str, str]:
+    """Item code -> name from a candidate file, to label the impact table; {} if unreadable."""
+    import orjson
+
+    try:
+        doc = orjson.loads(candidate) if candidate else {}
+        entries = [*doc.get("recognition_items", ()), *doc.get("gene_tests", ())]
+        return {e["code"]: e["name"] for e in entries if isinstance(e, dict) and "name" in e}
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+        return {}
 
 
 def _catalog_status(args: argparse.Namespace) -> int:

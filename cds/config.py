@@ -33,6 +33,9 @@ DEFAULT_MAX_DECISIONS = 100_000
 # the client set (or none), so a stalled Redis or disk cannot hold concurrency slots for
 # ever. Generous enough for the largest valid PutResults on a busy Redis.
 DEFAULT_DEADLINE_CAP_SECONDS = 5.0
+# Recent orders kept to preview a catalogue change on (cds.rollout.replay): about a
+# busy hospital's day, and no more than a replay can judge while checks go on.
+DEFAULT_REPLAY_ORDERS = 100_000
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster")
 
@@ -133,6 +136,14 @@ class ServeConfig:
     decision_ttl: float = field(
         default=DEFAULT_DECISION_TTL_SECONDS,
         metadata=_setting("seconds a decision is remembered for feedback", check="non-negative"),
+    )
+    replay_orders: int = field(
+        default=DEFAULT_REPLAY_ORDERS,
+        metadata=_setting(
+            "recent orders kept in memory (never logged) to show a catalogue reload's impact "
+            "on; 0 keeps none",
+            check="non-negative",
+        ),
     )
     tls_cert: str | None = field(
         default=None,

@@ -16,7 +16,21 @@ from enum import IntEnum, StrEnum
 from typing import NamedTuple
 
 US_PER_SECOND = 1_000_000
+US_PER_HOUR = 3600 * US_PER_SECOND
 US_PER_DAY = 86_400 * US_PER_SECOND
+
+# How far before the server's clock an explicit ``order_time`` may lie and still be
+# judged exactly. Orders are back-entered after an emergency: the national rules for
+# medical records (《病历书写基本规范》) let a rescue's orders be entered after it ends
+# (records within 6 hours of its end), a rescue can last many hours, and a night's HIS
+# downtime is worked through on paper and entered the next morning. A day covers all
+# of that; further back, refusing is honest where judging would not be, because the
+# stores have let go of results whose windows ended before then.
+BACKDATE_LIMIT_US = 24 * US_PER_HOUR
+# How much longer than its longest window a result is kept, so that every order_time
+# the limit accepts sees it: the limit, and an hour for the clocks of replicas that
+# disagree and for a store whose clock reads a little later than the request's.
+RETENTION_MARGIN_US = BACKDATE_LIMIT_US + US_PER_HOUR
 
 # What a degraded check lists in ``CheckResponse.degraded``: the results store did not
 # answer, so only the catalogue's rules were applied.
@@ -148,6 +162,9 @@ class Reason(NamedTuple):
     prior_results: tuple[PriorResult, ...] = ()
     override_options: tuple[OverrideOption, ...] = ()
     source: str = ""
+    # A silent rule's reason (SILENT policy, or an entry marked "silent"): evaluated,
+    # counted and logged, never answered; ``decision`` is what it would decide if not.
+    silent: bool = False
 
 
 class ItemDecision(NamedTuple):
@@ -157,8 +174,19 @@ class ItemDecision(NamedTuple):
     reasons: tuple[Reason, ...]
 
 
+class SilentReason(NamedTuple):
+    """A reason a silent rule found on one line (``line`` indexes ``Evaluation.items``)."""
+
+    line: int
+    reason: Reason
+
+
 class Evaluation(NamedTuple):
-    """What the engine decides for one order; the service adds ids, version and degradation."""
+    """What the engine decides for one order; the service adds ids, version and degradation.
+
+    ``items`` is the answer; ``silent`` what silent rules found, which changes no line.
+    """
 
     decision: Decision
     items: tuple[ItemDecision, ...]
+    silent: tuple[SilentReason, ...] = ()

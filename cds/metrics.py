@@ -76,18 +76,19 @@ _GRPC_TYPE = "unary"
 
 
 class _LazyChild:
-    """A label child created on first increment (for values that should never occur)."""
+    """A label child created on first increment (for values that should never occur, or
+    rarely do)."""
 
-    __slots__ = ("_child", "_label", "_parent")
+    __slots__ = ("_child", "_labels", "_parent")
 
-    def __init__(self, parent: Counter, label: str) -> None:
+    def __init__(self, parent: Counter, *labels: str) -> None:
         self._parent = parent
-        self._label = label
+        self._labels = labels
         self._child: Counter | None = None
 
     def inc(self, amount: float = 1) -> None:
         if self._child is None:
-            self._child = self._parent.labels(self._label)
+            self._child = self._parent.labels(*self._labels)
         self._child.inc(amount)
 
 
@@ -245,12 +246,20 @@ class Metrics:
         )
         reasons = Counter(
             "cds_reasons_total",
-            "Reasons given on order lines, by reason code.",
-            ("code",),
+            'Reasons found on order lines, by reason code; silent="true": by a silent rule, '
+            "counted and logged but not answered.",
+            ("code", "silent"),
             registry=r,
         )
+        # A reason given is silent="", which Prometheus stores as no label at all: the
+        # series dashboards already read ({code="..."}) keep their identity and history.
+        # "false" would have started new series and left queries matching two.
         self.reasons: dict[str, Incrementable] = {
-            str(c): self.tally(reasons.labels(str(c))) for c in ReasonCode
+            str(c): self.tally(reasons.labels(str(c), "")) for c in ReasonCode
+        }
+        # Created on first use: silent rules are a trial, most catalogues have none.
+        self.silent_reasons: dict[str, Incrementable] = {
+            str(c): self.tally(_LazyChild(reasons, str(c), "true")) for c in ReasonCode
         }
         reloads = Counter(
             "cds_catalog_reloads_total",

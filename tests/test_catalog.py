@@ -17,7 +17,15 @@ import pytest
 from cds.catalog.diff import diff_snapshots, summarize
 from cds.catalog.load import CatalogError, load_catalog, parse_catalog, schema
 from cds.catalog.snapshot import Snapshot
-from cds.domain import US_PER_DAY, US_PER_SECOND, Decision, ItemCategory, ReasonCode
+from cds.domain import (
+    BACKDATE_LIMIT_US,
+    RETENTION_MARGIN_US,
+    US_PER_DAY,
+    US_PER_SECOND,
+    Decision,
+    ItemCategory,
+    ReasonCode,
+)
 from tests.support.big_catalog import big_catalog, big_catalog_bytes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -490,16 +498,26 @@ def test_qualification_end_follows_the_catalogue_timezone() -> None:
     assert lab.qualification_end_us == us("2026-01-01T00:00:00Z")
 
 
-def test_retention_is_the_longest_window_that_can_use_a_result() -> None:
+def test_retention_is_the_longest_window_that_can_use_a_result_and_the_backdating_margin():
     doc = small_doc()
     doc["recognition_items"].append(
         {"code": "EGFR", "name": "EGFR", "category": "LAB", "validity_days": 400}
     )
     snap = parse_catalog(orjson.dumps(doc))
-    assert snap.retention_us("2823-3") == 7 * US_PER_DAY
-    assert snap.retention_us("CT") == 30 * US_PER_DAY
-    assert snap.retention_us("EGFR") == 400 * US_PER_DAY  # longer than its 180-day repeat
-    assert snap.retention_us("UNKNOWN") == 400 * US_PER_DAY
+    margin = RETENTION_MARGIN_US
+    assert snap.retention_us("2823-3") == 7 * US_PER_DAY + margin
+    assert snap.retention_us("CT") == 30 * US_PER_DAY + margin
+    assert snap.retention_us("EGFR") == 400 * US_PER_DAY + margin  # beyond its 180-day repeat
+    assert snap.retention_us("UNKNOWN") == 400 * US_PER_DAY + margin
+
+
+def test_the_retention_margin_outlasts_the_backdating_limit() -> None:
+    # Every order_time the service accepts must still see every result valid then.
+    assert RETENTION_MARGIN_US > BACKDATE_LIMIT_US
+
+
+def test_a_catalogue_no_rule_of_which_can_use_a_result_keeps_none() -> None:
+    assert parse_catalog(b'{"version": "empty"}').retention_us("ANY") == 0
 
 
 # --------------------------------------------------------------------------- diff
@@ -569,6 +587,27 @@ def test_a_recognition_item_carries_its_price_for_the_savings_figure() -> None:
     ]
 
 
+def test_diff_reports_reworded_added_and_removed_messages() -> None:
+    old = small_doc()
+    old["messages"] = {"MDT_REQUIRED": "须 MDT", "CONSENT_REQUIRED": "须签字"}
+    new = small_doc()
+    new["version"] = "t-2"
+    new["messages"] = {"MDT_REQUIRED": "须先 MDT", "GENE_TEST_NOT_PRICED": "未定价"}
+    assert diff_snapshots(snap_of(old), snap_of(new)) == [
+        "version: t-1 -> t-2",
+        "message GENE_TEST_NOT_PRICED: catalogue wording '未定价' instead of the built-in",
+        "message MDT_REQUIRED: '须 MDT' -> '须先 MDT'",
+        "message CONSENT_REQUIRED: back to the built-in wording",
+    ]
+
+
+def test_summary_says_which_codes_the_catalogue_rewords() -> None:
+    doc = small_doc()
+    assert "messages: built-in wording" in summarize(snap_of(doc))
+    doc["messages"] = {"MDT_REQUIRED": "须 MDT"}
+    assert "messages: catalogue wording for MDT_REQUIRED" in summarize(snap_of(doc))
+
+
 def test_diff_flags_changed_content_under_an_unchanged_version() -> None:
     new = small_doc()
     new["institutions"][1]["groups"] = ["G2"]
@@ -616,4 +655,4 @@ def test_unknown_codes_are_retained_for_the_longest_recognition_window_not_gene_
     longest_recognition = max(r.validity_us for r in snapshot.recognition_items.values())
     longest_gene = max(snapshot.retention_us(code) for code in snapshot.gene_tests)
     assert longest_gene > longest_recognition  # a long gene-test repeat interval
-    assert snapshot.retention_us("NOT-IN-ANY-LIST") == longest_recognition
+    assert snapshot.retention_us("NOT-IN-ANY-LIST") == longest_recognition + RETENTION_MARGIN_US

@@ -21,6 +21,7 @@ from cds.domain import (
     Order,
     OrderItem,
     Reason,
+    SilentReason,
     StoredResult,
 )
 from cds.metrics import Metrics
@@ -195,7 +196,7 @@ def test_silent_reasons_are_recorded_marked_silent_and_shown_ones_carry_no_flag(
     log = DecisionLog(tmp_path / "d.jsonl", Pseudonymizer.from_config(None))
     log.start()
     shown = Reason("GENE_TEST_REPEATED", Decision.WARN, "m")
-    hidden = Reason("SENDOUT_AVAILABLE_IN_HOUSE", Decision.WARN, "m")
+    hidden = Reason("SENDOUT_AVAILABLE_IN_HOUSE", Decision.WARN, "m", silent=True)
     o = order(line("1", "EGFR", GENE, lab="LAB1"), line("2", "K"))
     evaluation = Evaluation(
         Decision.WARN,
@@ -203,9 +204,9 @@ def test_silent_reasons_are_recorded_marked_silent_and_shown_ones_carry_no_flag(
             ItemDecision("1", "EGFR", Decision.WARN, (shown,)),
             ItemDecision("2", "K", Decision.ALLOW, ()),
         ),
+        silent=(SilentReason(1, hidden),),  # what the engine's silent rules found on line "2"
     )
-    silent = (ItemDecision("2", "K", Decision.ALLOW, (hidden,)),)
-    entry = DecisionEntry("d-1", o, evaluation, "v", (), NOW, frozenset({"EGFR"}), silent)
+    entry = DecisionEntry("d-1", o, evaluation, "v", (), NOW, frozenset({"EGFR"}))
     log.log_decision(entry)
     log.log_counts(CountsEntry(NOW - 1, NOW, {"H2": [1, {}]}))
     asyncio.run(log.close())

@@ -12,7 +12,7 @@ import pytest
 
 from cds.v1 import catalog_admin_pb2, result_feed_pb2, types_pb2
 from tests.support.protos import DAY_US, check_request, item, now_us, result
-from tests.support.server import load_test_catalog, running_server
+from tests.support.server import TEST_CATALOG, load_test_catalog, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,7 @@ def server(tmp_path_factory):
 @pytest.fixture
 def v1(server):
     """Every test starts from catalogue test-1 active and no recorded error."""
-    server.write_catalog(V1)
+    server.write_catalog(TEST_CATALOG)  # the very bytes it started on
     reload(server)
     assert status(server).version == "test-1"
     return server
@@ -176,7 +176,7 @@ def test_reload_under_eight_concurrent_callers_fails_nothing_and_mixes_no_versio
     try:
         for i in range(6):
             time.sleep(0.15)
-            v1.write_catalog(catalog_v2() if i % 2 == 0 else V1)
+            v1.write_catalog(catalog_v2() if i % 2 == 0 else TEST_CATALOG)
             reload(v1)
         time.sleep(0.15)
     finally:

@@ -81,13 +81,41 @@ def test_recognition_end_to_end_put_warns_with_prior_and_withdraw_allows(server)
 
 
 def test_an_explicit_order_time_is_used_instead_of_the_clock(server):
-    reported = now_us() - DAY_US
+    reported = now_us() - 3_600_000_000
     put(server, result("R-ot", patient_id="ot-1", item_code="K", reported_at_us=reported))
-    late = reported + 7 * DAY_US + 1_000_000
+    before_it = reported - 1_000_000
     response = server.check.Check(
-        check_request(item("1", "K"), patient_id="ot-1", order_time_us=late), timeout=5
+        check_request(item("1", "K"), patient_id="ot-1", order_time_us=before_it), timeout=5
     )
     assert response.decision == ALLOW
+    now = server.check.Check(check_request(item("1", "K"), patient_id="ot-1"), timeout=5)
+    assert now.decision == WARN
+
+
+def test_a_back_dated_order_sees_a_result_whose_window_has_ended_since(server):
+    # K is valid 7 days; this result's window ended two hours ago, but the order was
+    # placed (and is entered late) three hours ago, inside the window.
+    reported = now_us() - 7 * DAY_US - 2 * 3_600_000_000
+    put(server, result("R-late", patient_id="ot-2", item_code="K", reported_at_us=reported))
+    placed = now_us() - 3 * 3_600_000_000
+    response = server.check.Check(
+        check_request(item("1", "K"), patient_id="ot-2", order_time_us=placed), timeout=5
+    )
+    assert response.decision == WARN
+    assert [p.result_id for p in response.items[0].reasons[0].prior_results] == ["R-late"]
+
+
+@pytest.mark.parametrize(
+    ("offset_us", "words"),
+    [(-DAY_US - 60_000_000, "before"), (6 * 60_000_000, "after")],
+    ids=["a day and a minute back", "six minutes ahead"],
+)
+def test_an_order_time_outside_the_bound_is_invalid_argument_naming_it(server, offset_us, words):
+    request = check_request(item("1", "K"), order_time_us=now_us() + offset_us)
+    code, details = code_of(lambda: server.check.Check(request, timeout=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("order_time: more than")
+    assert f"{words} the server's clock" in details
 
 
 def test_gene_test_rules_reach_the_response(server):

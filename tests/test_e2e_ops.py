@@ -108,8 +108,10 @@ def test_metrics_carry_every_contract_metric_and_no_identifier(server):
         assert f"\n{name}" in text, name
     assert 'cds_item_decisions_total{decision="warn"} ' in text
     assert 'decision="unspecified"' not in text
-    assert 'cds_reasons_total{code="RECOGNIZABLE_RESULT_EXISTS"} ' in text
-    assert 'cds_reasons_total{code="DUPLICATE_IN_REQUEST"} ' in text
+    # silent="" is how Prometheus stores no label: these are the series {code="..."}.
+    assert 'cds_reasons_total{code="RECOGNIZABLE_RESULT_EXISTS",silent=""} ' in text
+    assert 'cds_reasons_total{code="DUPLICATE_IN_REQUEST",silent=""} ' in text
+    assert 'silent="true"}' not in text  # no silent rule, no silent series
     assert 'grpc_method="Check"' in text
     assert 'grpc_code="OK"' in text
     assert "cds_results_ingested_total 1.0" in text
@@ -237,7 +239,9 @@ def test_cds_catalog_status_and_reload_talk_to_the_server(server):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["version"] == "test-1"
     done = subprocess.run(
-        cds_command("catalog", "reload", "--dry-run", "--server", server.address),
+        cds_command(
+            "catalog", "reload", "--dry-run", "--format", "json", "--server", server.address
+        ),
         capture_output=True,
         text=True,
         env=env,
@@ -246,3 +250,4 @@ def test_cds_catalog_status_and_reload_talk_to_the_server(server):
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert (answer["activated"], answer["version"]) == (False, "test-1")
+    assert answer["impact"]["orders_replayed"] >= 0

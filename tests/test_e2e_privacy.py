@@ -48,8 +48,9 @@ def refused(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
 
 
 def run_session(s: Any) -> list[tuple[grpc.StatusCode, str]]:
-    """Checks (allow, warn, block), feedback, results put/withdraw, a failed reload,
-    refused credentials and bad input, all with the identifiers above; the refusals."""
+    """Checks (allow, warn, block), feedback, results put/withdraw, a dry run replaying
+    the session's orders, a reload with a silent rule, a failed reload, refused
+    credentials and bad input, all with the identifiers above; the answers to scan."""
     emr, feed, admin = bearer("emr"), bearer("feed"), bearer("admin")
     ids = {"clinician_id": CLINICIAN, "request_id": REQUEST_ID}
     yesterday = now_us() - DAY_US
@@ -116,16 +117,45 @@ def run_session(s: Any) -> list[tuple[grpc.StatusCode, str]]:
         metadata=emr,
     )
 
+    # A dry run replays the orders above, which the server keeps in memory for it, and a
+    # real reload switches a rule on silently, whose firings are logged.
+    preview = copy.deepcopy(load_test_catalog())
+    preview["version"] = "test-priv-2"
+    preview["policy"] = {
+        "severity": {"RECOGNIZABLE_RESULT_EXISTS": "BLOCK", "PRICE_ITEM_MISMATCH": "SILENT"}
+    }
+    body = json.dumps(preview).encode()
+    dry_run = s.admin.ReloadCatalog(
+        catalog_admin_pb2.ReloadCatalogRequest(dry_run=True, candidate=body),
+        timeout=30,
+        metadata=admin,
+    )
+    assert dry_run.impact.orders_replayed >= 3
+    assert dry_run.impact.lines_changed >= 2  # K: WARN -> BLOCK; EGFR's price reason hushed
+    s.write_catalog(preview)
+    reloaded = s.admin.ReloadCatalog(
+        catalog_admin_pb2.ReloadCatalogRequest(), timeout=30, metadata=admin
+    )
+    hushed = s.check.Check(
+        order_check_pb2.CheckRequest(institution_id="H1", patient=patient, items=[gene], **ids),
+        timeout=5,
+        metadata=emr,
+    )
+    assert "PRICE_ITEM_MISMATCH" not in str(hushed)
+    # The answers are scanned like the refusals below.
+    replies = [(grpc.StatusCode.OK, str(r)) for r in (dry_run, reloaded)]
+
     # A catalogue that fails validation, by RPC and by SIGHUP.
     bad = copy.deepcopy(load_test_catalog())
     bad["recognition_items"][0]["validity_days"] = -1
     s.write_catalog(bad)
     refusals = [
+        *replies,
         refused(
             lambda: s.admin.ReloadCatalog(
                 catalog_admin_pb2.ReloadCatalogRequest(), timeout=5, metadata=admin
             )
-        )
+        ),
     ]
     s.signal(signal.SIGHUP)
     s.wait_for_log("credentials reloaded")  # the SIGHUP's last step has run
@@ -263,6 +293,8 @@ def test_no_raw_identifier_in_logs_decision_log_metrics_or_error_messages(tmp_pa
     assert decision_log.count('"type":"counts"') >= 1  # written at shutdown
     # one reminder through gRPC, one through CDS Hooks (the same patient, the same item)
     assert json.loads(reports["json"])["recognition"]["reminded"] == 2
+    assert '"silent":true' in decision_log  # the silent rule's firing, pseudonymised too
+    assert "recent orders answered differently" in log  # the reload's impact, counts only
     if level == "DEBUG":
         assert " DEBUG " in log
 

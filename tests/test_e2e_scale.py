@@ -9,6 +9,7 @@ worker it reached, then asks its question on that same connection.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import signal
@@ -281,6 +282,35 @@ def test_a_refused_reload_is_refused_by_every_worker_and_shows_in_each_status(wo
     assert len({w for w, _ in statuses}) == 2
     assert {s.version for _, s in statuses} == {before.version}
     assert all("surprise" in s.last_error for _, s in statuses)
+
+
+def test_a_dry_run_sums_the_impact_of_the_orders_each_worker_checked(workers):
+    patient = f"impact-{now_us()}"
+    put(
+        workers.feed,
+        result("R-new", patient_id=patient, item_code="NEW", reported_at_us=now_us() - DAY_US),
+    )
+    quota: dict[str, int] = {}  # the first worker reached checks 3 orders, the other 2
+    sent: dict[str, int] = {}
+    for probe in probes(workers, 4 * PROBES):
+        wanted = quota.setdefault(probe.worker, 3 if not quota else 2)
+        if sent.get(probe.worker, 0) < wanted:
+            probe.check.Check(check_request(item("1", "NEW"), patient_id=patient), timeout=5)
+            sent[probe.worker] = sent.get(probe.worker, 0) + 1
+    assert sorted(sent.values()) == [2, 3], "the probes did not reach both workers"
+    candidate = catalog("w-preview")
+    candidate["recognition_items"].append(
+        {"code": "NEW", "name": "新项目", "category": "LAB", "validity_days": 7}
+    )
+    request = catalog_admin_pb2.ReloadCatalogRequest(
+        dry_run=True, candidate=json.dumps(candidate).encode()
+    )
+    response = workers.admin.ReloadCatalog(request, timeout=30)
+    assert not response.activated
+    (row,) = [r for r in response.impact.rows if r.item_code == "NEW"]
+    assert (row.before, row.after, row.lines) == (ALLOW, WARN, 5)
+    assert list(row.reasons_added) == ["RECOGNIZABLE_RESULT_EXISTS"]
+    assert {p.status().version for p in probes(workers, 4)} != {"w-preview"}
 
 
 def test_metrics_add_up_across_workers(workers):

@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "security": {"config", "domain"},
     "rules": {"domain", "catalog", "results"},
     "decisions": {"domain", "config", "metrics", "results", "security"},
-    "rollout": {"domain", "catalog", "rules", "metrics"},
+    "rollout": {"domain", "catalog", "rules", "metrics", "results"},
     "supervision": {"domain", "catalog"},
     "orders": {"domain", "config", "metrics", "results", "decisions", "rollout"},
     # The CDS Hooks door: FHIR/CDS Hooks JSON <-> domain over HTTP, beside gRPC's.

@@ -62,9 +62,22 @@ def test_a_scrape_from_another_thread_sees_every_count_made_on_the_loop():
     assert samples[("grpc_server_handled_total", (("grpc_code", "OK"), *rpc))] == 3
     assert samples[("grpc_server_handling_seconds_count", rpc)] == 3
     assert samples[("cds_item_decisions_total", (("decision", "warn"),))] == 1
-    assert samples[("cds_reasons_total", (("code", "RECOGNIZABLE_RESULT_EXISTS"),))] == 1
+    given = (("code", "RECOGNIZABLE_RESULT_EXISTS"), ("silent", ""))
+    assert samples[("cds_reasons_total", given)] == 1
     # never decided: that series does not exist rather than sitting at 0
     assert ("cds_item_decisions_total", (("decision", "unspecified"),)) not in samples
+
+
+def test_silent_reasons_are_their_own_series_and_appear_only_once_counted():
+    metrics = Metrics()
+    code = "GENE_TEST_REPEATED"
+    silent = ("cds_reasons_total", (("code", code), ("silent", "true")))
+    assert silent not in _samples(metrics.registry)
+    metrics.silent_reasons[code].inc()
+    metrics.fold()
+    samples = _samples(metrics.registry)
+    assert samples[silent] == 1
+    assert samples[("cds_reasons_total", (("code", code), ("silent", "")))] == 0
 
 
 def test_results_cached_is_read_on_the_loop_thread():

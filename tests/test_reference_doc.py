@@ -216,6 +216,12 @@ def test_the_request_limits_table_gives_the_limits_the_server_enforces(sections)
         "Result.reported_at ahead of the server's clock, in seconds": (
             validation.FUTURE_SKEW_US // 1_000_000
         ),
+        "CheckRequest.order_time before the server's clock, in seconds": (
+            validation.ORDER_TIME.before_us // 1_000_000
+        ),
+        "CheckRequest.order_time ahead of the server's clock, in seconds": (
+            validation.ORDER_TIME.after_us // 1_000_000
+        ),
         "bytes of a catalogue refusal message": MAX_ERROR_MESSAGE_BYTES,
     }
     for limit, value in expected.items():
@@ -223,6 +229,18 @@ def test_the_request_limits_table_gives_the_limits_the_server_enforces(sections)
 
 
 # --------------------------------------------------------------------------- catalogue
+
+
+def test_every_reason_codes_message_placeholders_are_documented(sections):
+    from cds.catalog.messages import PLACEHOLDERS
+
+    rows = table(sections, "Messages and sources", "code")
+    documented = {_plain(r["code"]): _plain(r["placeholders"]).split(", ") for r in rows}
+    assert documented == {str(code): list(names) for code, names in PLACEHOLDERS.items()}
+    values = {
+        _plain(r["placeholder"]) for r in table(sections, "Messages and sources", "placeholder")
+    }
+    assert values == {name for names in PLACEHOLDERS.values() for name in names}
 
 
 def test_every_top_level_catalogue_key_is_documented_with_its_default(sections):

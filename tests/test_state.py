@@ -10,6 +10,7 @@ import pytest
 
 from cds.catalog.load import CatalogError
 from cds.metrics import Metrics
+from cds.rollout.impact import Impact
 from cds.rollout.state import CatalogState, errors_message
 from tests.support.server import load_test_catalog
 
@@ -100,3 +101,60 @@ def test_a_dry_run_activates_nothing_and_records_nothing(state, tmp_path):
     with pytest.raises(CatalogError):
         asyncio.run(state.reload(dry_run=True))
     assert (state.active, state.last_error) == (old, "")
+
+
+def test_a_file_reusing_the_active_version_for_other_content_is_refused(state, tmp_path):
+    old = state.active
+    same_version = copy.deepcopy(V1)
+    same_version["recognition_items"][0]["validity_days"] = 14
+    _write(tmp_path / "catalog.json", same_version)
+    for dry_run in (True, False):
+        with pytest.raises(CatalogError) as info:
+            asyncio.run(state.reload(dry_run=dry_run))
+        (error,) = info.value.errors
+        assert error.startswith("$.version: 'test-1' is the active version, whose file differs")
+        assert "give this edition a new version" in error
+    assert state.active is old
+    assert state.last_error.splitlines()[1] == error
+
+
+def test_the_very_same_file_reloads_and_so_does_a_new_version(state, tmp_path):
+    assert asyncio.run(state.reload()).activated  # the file it started on, unchanged
+    _write(tmp_path / "catalog.json", _v2())
+    assert asyncio.run(state.reload()).version == "test-2"
+
+
+def test_a_candidate_dry_run_is_named_and_never_activated(state):
+    candidate = json.dumps(_v2(), ensure_ascii=False).encode()
+    outcome = asyncio.run(state.reload(dry_run=True, content=candidate, source="candidate"))
+    assert (outcome.activated, outcome.version, state.active.version) == (False, "test-2", "test-1")
+    bad = b'{"version": "x", "surprise": 1}'
+    with pytest.raises(CatalogError) as info:
+        asyncio.run(state.reload(dry_run=True, content=bad, source="candidate"))
+    assert info.value.source == "candidate"
+    assert state.last_error == ""  # a dry run records nothing
+
+
+def test_every_reload_replays_the_recent_orders_against_both_engines(state, tmp_path):
+    seen = []
+
+    async def replayer(before, after):
+        seen.append((before.snapshot.version, after.snapshot.version))
+        return Impact(7, 1, ())
+
+    state.replayer = replayer
+    _write(tmp_path / "catalog.json", _v2())
+    assert asyncio.run(state.reload(dry_run=True)).impact == Impact(7, 1, ())
+    assert asyncio.run(state.reload()).impact.orders_replayed == 7
+    assert seen == [("test-1", "test-2"), ("test-1", "test-2")]
+
+
+def test_a_failing_replay_does_not_undo_a_reload(state, tmp_path):
+    async def broken(before, after):
+        raise RuntimeError("bug")
+
+    state.replayer = broken
+    _write(tmp_path / "catalog.json", _v2())
+    outcome = asyncio.run(state.reload())
+    assert (outcome.activated, outcome.impact.orders_replayed) == (True, 0)
+    assert state.active.version == "test-2"

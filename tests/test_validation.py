@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cds.domain import BACKDATE_LIMIT_US
 from cds.orders.validation import FUTURE_SKEW_US, InvalidRequest, result_error
 from cds.service.convert import checked_order
 from cds.v1 import order_check_pb2
@@ -137,6 +138,25 @@ def test_result_missing_a_required_string_is_refused(field):
 @pytest.mark.parametrize("field", ["result_id", "patient_id", "item_code", "institution_id"])
 def test_result_with_a_string_over_128_characters_is_refused(field):
     assert _result_error(**{field: LONG}) == f"{field}: longer than 128 characters"
+
+
+def test_an_order_time_a_day_before_the_clock_is_accepted_to_the_microsecond():
+    at_limit = NOW_US - BACKDATE_LIMIT_US
+    assert checked_order(check_request(order_time_us=at_limit), NOW_US).order_time_us == at_limit
+
+
+def test_an_order_time_more_than_a_day_before_the_clock_is_refused_naming_order_time():
+    request = check_request(order_time_us=NOW_US - BACKDATE_LIMIT_US - 1)
+    assert request_error(request) == "order_time: more than 24 hours before the server's clock"
+
+
+def test_an_order_time_up_to_five_minutes_ahead_of_the_clock_is_accepted():
+    assert request_error(check_request(order_time_us=NOW_US + FUTURE_SKEW_US)) is None
+
+
+def test_an_order_time_more_than_five_minutes_ahead_of_the_clock_is_refused():
+    request = check_request(order_time_us=NOW_US + FUTURE_SKEW_US + 1)
+    assert request_error(request) == "order_time: more than 5 minutes after the server's clock"
 
 
 def test_result_without_reported_at_is_refused():

@@ -58,7 +58,7 @@ _KINDS = (
     _Kind(
         "recognition item",
         lambda s: s.recognition_items,
-        ("name", "category", "validity_days", "scope", "source", "price_fen"),
+        ("name", "category", "validity_days", "scope", "source", "price_fen", "silent"),
     ),
     _Kind(
         "gene test",
@@ -106,7 +106,7 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot, *, limit: int = 500) -> 
     """What an administrator would want to read before activating ``new``.
 
     Lines come in a fixed order (catalogue fields, institutions, recognition items, gene
-    tests, send-out labs, override reasons, policy; codes sorted within each), so a dry
+    tests, send-out labs, override reasons, policy, messages; codes sorted within each), so a dry
     run and the real reload say the same thing. Never empty: an unchanged catalogue
     says so. At most ``limit`` lines, the last one counting what was left out, because
     a wholesale replacement of a provincial list could otherwise produce thousands.
@@ -125,9 +125,10 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot, *, limit: int = 500) -> 
     if old_order != new_order and set(old_order) == set(new_order):
         lines.append(f"override reasons reordered: {', '.join(new_order)}")
     for code in ReasonCode:
-        before_d, after_d = old.severity[code], new.severity[code]
+        before_d, after_d = _policy(old, code), _policy(new, code)
         if before_d != after_d:
-            lines.append(f"policy severity {code}: {before_d.name} -> {after_d.name}")
+            lines.append(f"policy severity {code}: {before_d} -> {after_d}")
+    lines.extend(_message_changes(old.messages, new.messages))
     if not lines:
         if old.digest and old.digest == new.digest:
             return [f"no changes: identical file (version {new.version})"]
@@ -137,6 +138,25 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot, *, limit: int = 500) -> 
     if len(lines) > limit:
         rest = len(lines) - (limit - 1)
         lines = [*lines[: limit - 1], f"... and {rest} more changes ({len(lines)} in all)"]
+    return lines
+
+
+def _policy(snapshot: Snapshot, code: str) -> str:
+    return "SILENT" if code in snapshot.silent_codes else snapshot.severity[code].name
+
+
+def _message_changes(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
+    lines = []
+    for code in ReasonCode:
+        before, after = old.get(code), new.get(code)
+        if before == after:
+            continue
+        if before is None:
+            lines.append(f"message {code}: catalogue wording {after!r} instead of the built-in")
+        elif after is None:
+            lines.append(f"message {code}: back to the built-in wording")
+        else:
+            lines.append(f"message {code}: {before!r} -> {after!r}")
     return lines
 
 
@@ -153,6 +173,11 @@ def _counts(snapshot: Snapshot) -> str:
     )
 
 
+def _worded(snapshot: Snapshot) -> str:
+    codes = [str(c) for c in ReasonCode if c in snapshot.messages]
+    return f"catalogue wording for {', '.join(codes)}" if codes else "built-in wording"
+
+
 def summarize(snapshot: Snapshot) -> str:
     """The few lines ``cds catalog validate`` prints for a good catalogue."""
     items = snapshot.recognition_items.values()
@@ -160,10 +185,13 @@ def summarize(snapshot: Snapshot) -> str:
     group = sum(1 for i in items if i.scope == "GROUP")
     unpriced = sum(1 for g in snapshot.gene_tests.values() if g.price_item_code is None)
     changed = [
-        f"{code}={decision.name}"
+        f"{code}={_policy(snapshot, code)}"
         for code, decision in snapshot.severity.items()
-        if DEFAULT_SEVERITY[ReasonCode(code)] != decision
+        if DEFAULT_SEVERITY[ReasonCode(code)] != decision or code in snapshot.silent_codes
     ]
+    silent_entries = sum(1 for i in items if i.silent) + sum(
+        1 for g in snapshot.gene_tests.values() if g.silent
+    )
     lines = [
         f"catalogue version {snapshot.version}",
         f"effective date: {snapshot.effective_date or '(not set)'}; time zone: {snapshot.timezone}",
@@ -174,6 +202,8 @@ def summarize(snapshot: Snapshot) -> str:
         f"send-out labs: {len(snapshot.sendout_labs)}",
         f"override reasons: {len(snapshot.override_reasons)}",
         f"policy: {', '.join(changed) if changed else 'default severities'}",
+        f"silent entries: {silent_entries}",
+        f"messages: {_worded(snapshot)}",
     ]
     if snapshot.source:
         lines.append(f"source: {snapshot.source}")

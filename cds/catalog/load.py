@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jsonschema_rs
 import orjson
 
+from cds.catalog.messages import TemplateError, parse_template
 from cds.catalog.snapshot import (
     DEFAULT_CODE_SYSTEM,
     DEFAULT_TIMEZONE,
@@ -40,7 +41,7 @@ from cds.catalog.snapshot import (
     Snapshot,
     end_of_day_us,
 )
-from cds.domain import Decision, ItemCategory, OverrideOption
+from cds.domain import Decision, ItemCategory, OverrideOption, ReasonCode
 
 __all__ = [
     "SCHEMA_RESOURCE",
@@ -59,6 +60,8 @@ _DATE_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
 _MAX_MESSAGE = 300
 _UTF8_BOM = b"\xef\xbb\xbf"
+# The policy value of a silent reason code (not a decision: it changes none).
+_SILENT = "SILENT"
 
 
 class CatalogError(Exception):
@@ -155,7 +158,7 @@ def _schema_errors(data: Any) -> Iterator[_Error]:
                 yield _Error((*path, key), "unknown key")
         elif name == "propertyNames":
             key = kind.error.instance
-            if path == ("policy", "severity"):
+            if path in (("policy", "severity"), ("messages",)):
                 yield _Error((*path, key), "not a reason code of the contract")
             else:
                 yield _Error((*path, key), f"key not allowed: {kind.error.message}")
@@ -268,6 +271,8 @@ def _cross_errors(data: Mapping[str, Any]) -> list[_Error]:
                 )
             )
 
+    errors.extend(_template_errors(data))
+
     for i, lab in _entries(data, "sendout_labs"):
         if "qualification_valid_until" in lab:
             _check_date(data, ("sendout_labs", i, "qualification_valid_until"), errors)
@@ -285,6 +290,58 @@ def _cross_errors(data: Mapping[str, Any]) -> list[_Error]:
                     path = ("sendout_labs", i, "approved", j, "gene_tests", k)
                     errors.append(_Error(path, f"unknown gene test {code!r}"))
     return errors
+
+
+def _template_errors(data: Mapping[str, Any]) -> list[_Error]:
+    """Each template that cannot be rendered; an unknown code is the schema's error."""
+    messages = data.get("messages")
+    if not isinstance(messages, dict):
+        return []
+    errors = []
+    for code, text in messages.items():
+        if isinstance(text, str) and code in ReasonCode.__members__:
+            try:
+                parse_template(code, text)
+            except TemplateError as e:
+                errors.append(_Error(("messages", code), str(e)))
+    return errors
+
+
+# How the shipped catalogue labels what is not real (catalog/README.md): the word in
+# capitals in a code (EXAMPLE-LAB-A), its source or its notes ("EXAMPLE entry: ...").
+_EXAMPLE = re.compile(r"\bEXAMPLES?\b")
+_LISTS = ("institutions", "recognition_items", "gene_tests", "sendout_labs", "override_reasons")
+
+
+def _example_errors(data: Mapping[str, Any]) -> list[_Error]:
+    """Each entry that still carries the example marking anywhere in it, with where."""
+    errors = []
+    for list_key in _LISTS:
+        for i, entry in _entries(data, list_key):
+            marked = sorted({str(path[0]) for path in _marked(entry, ())})
+            if marked:
+                name = entry.get("code", entry.get("id"))
+                what = f"{name} is" if isinstance(name, str) else "this entry is"
+                errors.append(
+                    _Error(
+                        (list_key, i),
+                        f"{what} still marked as an example (EXAMPLE in {', '.join(marked)}); "
+                        "replace it with the real entry or remove it",
+                    )
+                )
+    return errors
+
+
+def _marked(value: Any, path: Path) -> Iterator[Path]:
+    if isinstance(value, str):
+        if _EXAMPLE.search(value):
+            yield path
+    elif isinstance(value, dict):
+        for key, v in value.items():
+            yield from _marked(v, (*path, key))
+    elif isinstance(value, list):
+        for k, v in enumerate(value):
+            yield from _marked(v, (*path, k))
 
 
 def _unknown_inst(inst: str) -> str:
@@ -316,6 +373,7 @@ def _build(data: Mapping[str, Any], *, source: str, digest: str) -> Snapshot:
             scope=e.get("scope", "PROVINCE"),
             source=e.get("source", ""),
             price_fen=None if e.get("price_fen") is None else int(e["price_fen"]),
+            silent=e.get("silent", False),
         )
         for e in data.get("recognition_items", ())
     ]
@@ -337,6 +395,7 @@ def _build(data: Mapping[str, Any], *, source: str, digest: str) -> Snapshot:
                 in_house_institutions=frozenset(e.get("in_house_institutions", ())),
                 repeat_interval_days=None if repeat is None else int(repeat),
                 source=e.get("source", ""),
+                silent=e.get("silent", False),
             )
         )
     labs = []
@@ -361,9 +420,9 @@ def _build(data: Mapping[str, Any], *, source: str, digest: str) -> Snapshot:
         )
         for e in data.get("override_reasons", ())
     ]
-    severity = {
-        code: Decision[value] for code, value in data.get("policy", {}).get("severity", {}).items()
-    }
+    policy = data.get("policy", {}).get("severity", {})
+    severity = {code: Decision[value] for code, value in policy.items() if value != _SILENT}
+    silent_codes = [code for code, value in policy.items() if value == _SILENT]
     return Snapshot.create(
         version=data["version"],
         effective_date=data.get("effective_date", ""),
@@ -378,17 +437,20 @@ def _build(data: Mapping[str, Any], *, source: str, digest: str) -> Snapshot:
         digest=digest,
         code_system=data.get("code_system", DEFAULT_CODE_SYSTEM),
         report_url_template=data.get("report_url_template", ""),
+        messages=data.get("messages", {}),
+        silent_codes=silent_codes,
     )
 
 
 # --------------------------------------------------------------------------- public
 
 
-def parse_catalog(data: bytes, *, source: str = "") -> Snapshot:
+def parse_catalog(data: bytes, *, source: str = "", strict: bool = False) -> Snapshot:
     """Validate catalogue bytes and build the Snapshot, or raise CatalogError with all errors.
 
     A leading UTF-8 byte-order mark is ignored (editors on Windows write one; RFC 8259
-    lets a parser ignore it); the digest is still of the bytes as given.
+    lets a parser ignore it); the digest is still of the bytes as given. ``strict``
+    also refuses every entry still marked as an example (:func:`_example_errors`).
     """
     digest = hashlib.sha256(data).hexdigest()
     body = data[len(_UTF8_BOM) :] if data.startswith(_UTF8_BOM) else data
@@ -399,12 +461,14 @@ def parse_catalog(data: bytes, *, source: str = "") -> Snapshot:
     errors = list(_schema_errors(doc))
     if isinstance(doc, dict):
         errors.extend(_cross_errors(doc))
+        if strict:
+            errors.extend(_example_errors(doc))
     if errors:
         raise CatalogError(_render(errors), source=source)
     return _build(doc, source=source, digest=digest)
 
 
-def load_catalog(path: str | os.PathLike[str]) -> Snapshot:
+def load_catalog(path: str | os.PathLike[str], *, strict: bool = False) -> Snapshot:
     """Read and parse a catalogue file; an unreadable file is a CatalogError like any other."""
     source = os.fspath(path)
     try:
@@ -413,4 +477,4 @@ def load_catalog(path: str | os.PathLike[str]) -> Snapshot:
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
         raise CatalogError([f"$: cannot read {source}: {reason}"], source=source) from None
-    return parse_catalog(data, source=source)
+    return parse_catalog(data, source=source, strict=strict)

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from cds.domain import (
     DEFAULT_SEVERITY,
+    RETENTION_MARGIN_US,
     US_PER_DAY,
     US_PER_SECOND,
     Decision,
@@ -50,6 +51,7 @@ class RecognitionItem(NamedTuple):
     scope: str  # "PROVINCE" | "GROUP"
     source: str = ""
     price_fen: int | None = None  # what one recognised result saves (supervision report)
+    silent: bool = False  # its reasons are counted and logged, never answered
 
     @property
     def validity_us(self) -> int:
@@ -69,6 +71,7 @@ class GeneTest(NamedTuple):
     in_house_institutions: frozenset[str]
     repeat_interval_days: int | None  # None = no repeat check
     source: str = ""
+    silent: bool = False  # its reasons are counted and logged, never answered
 
 
 class SendoutLab(NamedTuple):
@@ -97,7 +100,7 @@ class Snapshot:
     override_reasons: Mapping[str, OverrideOption]
     # The override reasons in catalogue order, as offered on a reason.
     override_options: tuple[OverrideOption, ...]
-    # Every ReasonCode -> its decision after policy.
+    # Every ReasonCode -> its decision after policy (a SILENT code: its default).
     severity: Mapping[str, Decision]
     # Where it came from (path) and a content digest, for status and logs.
     source: str = ""
@@ -111,6 +114,11 @@ class Snapshot:
     # where a card links a prior result ("" = no links).
     code_system: str = DEFAULT_CODE_SYSTEM
     report_url_template: str = ""
+    # The catalogue's own wording: reason code -> template (cds.catalog.messages); codes
+    # it does not list keep the built-in text.
+    messages: Mapping[str, str] = field(default_factory=dict)
+    # Codes whose policy is SILENT: evaluated, counted and logged, never answered.
+    silent_codes: frozenset[str] = frozenset()
 
     @classmethod
     def create(
@@ -129,6 +137,8 @@ class Snapshot:
         digest: str = "",
         code_system: str = DEFAULT_CODE_SYSTEM,
         report_url_template: str = "",
+        messages: Mapping[str, str] | None = None,
+        silent_codes: Iterable[str] = (),
     ) -> Snapshot:
         """Index validated entries. Callers guarantee uniqueness and references."""
         recog = {r.code: r for r in recognition_items}
@@ -164,11 +174,16 @@ class Snapshot:
             _retention=MappingProxyType(retention),
             code_system=code_system,
             report_url_template=report_url_template,
+            messages=MappingProxyType({str(ReasonCode(c)): t for c, t in (messages or {}).items()}),
+            silent_codes=frozenset(str(ReasonCode(c)) for c in silent_codes),
         )
 
     def retention_us(self, item_code: str) -> int:
-        """How long after ``reported_at`` a result of this code can still matter to a rule."""
-        return self._retention.get(item_code, self.unknown_retention_us)
+        """How long after ``reported_at`` a result of this code is kept: as long as it can
+        matter to a rule, plus the margin that keeps a back-dated ``order_time`` exact
+        (``RETENTION_MARGIN_US``). Zero stays zero: a result no rule can use is not kept."""
+        window = self._retention.get(item_code, self.unknown_retention_us)
+        return window + RETENTION_MARGIN_US if window else 0
 
     @property
     def zone(self) -> ZoneInfo:

@@ -51,7 +51,6 @@ from cds.domain import (
     Evaluation,
     FeedbackOutcome,
     ItemCategory,
-    ItemDecision,
     Order,
     Reason,
 )
@@ -65,6 +64,17 @@ SCHEMA = "cds.audit/v1"
 _DECISION = {int(d): d.name for d in Decision}
 _ENCOUNTER = {int(e): e.name for e in EncounterType}
 _DECISIONS = tuple(int(d) for d in Decision)
+
+
+def _reason_entry(r: Reason) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "code": r.code,
+        "decision": _DECISION[r.decision],
+        "prior_result_ids": [pr.result_id for pr in r.prior_results],
+    }
+    if r.silent:  # only when true: a record without it reads as before
+        entry["silent"] = True
+    return entry
 
 
 def _rfc3339(at_us: int) -> str:
@@ -90,9 +100,6 @@ class DecisionEntry(NamedTuple):
     # The catalogue's gene-test codes (one shared frozenset per catalogue): lines of
     # these codes are recorded with their send-out lab and price item, reasons or not.
     gene_codes: frozenset[str] = frozenset()
-    # Reasons evaluated but not shown (SILENT severity), per line, in request order:
-    # recorded with "silent": true, never counted as shown to the clinician.
-    silent: tuple[ItemDecision, ...] = ()
 
 
 # What the Check path counts, as cheap to update as Python allows: institution_id ->
@@ -109,14 +116,6 @@ class CountsEntry(NamedTuple):
     start_us: int
     end_us: int
     tree: CountsTree
-
-
-def _reason(r: Reason) -> dict[str, Any]:
-    return {
-        "code": r.code,
-        "decision": _DECISION[r.decision],
-        "prior_result_ids": [pr.result_id for pr in r.prior_results],
-    }
 
 
 class _Feedback(NamedTuple):
@@ -367,22 +366,23 @@ class DecisionLog:
         p = self._pseudonymizer
         order = d.order
         genes = d.gene_codes
-        silent = {line.line_id: line.reasons for line in d.silent}
+        silent: dict[int, list[Reason]] = {}
+        for hushed in d.evaluation.silent:
+            silent.setdefault(hushed.line, []).append(hushed.reason)
         items = []
         # One ItemDecision per order line, in request order (the engine's contract).
-        for line, it in zip(order.items, d.evaluation.items, strict=True):
+        lines = enumerate(zip(order.items, d.evaluation.items, strict=True))
+        for index, (line, it) in lines:
             gene = line.category == _GENE_TEST or it.item_code in genes
-            hidden = silent.get(it.line_id, ()) if silent else ()
-            if not it.reasons and not gene and not hidden:
+            reasons = [*it.reasons, *silent.get(index, ())] if silent else it.reasons
+            if not reasons and not gene:
                 continue  # data minimisation: a line with nothing to say is not recorded
             entry: dict[str, Any] = {
                 "line_id": it.line_id,
                 "item_code": it.item_code,
                 "decision": _DECISION[it.decision],
-                "reasons": [_reason(r) for r in it.reasons],
+                "reasons": [_reason_entry(r) for r in reasons],
             }
-            for r in hidden:
-                entry["reasons"].append(_reason(r) | {"silent": True})
             if gene:
                 # What a kickback pattern is made of: an allowed send-out is recorded too.
                 entry["gene_test"] = True

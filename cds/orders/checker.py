@@ -28,6 +28,7 @@ from cds.decisions.recorder import DecisionRecorder
 from cds.domain import RESULTS_UNAVAILABLE, Decision, Evaluation, Order, ReasonCode, new_tuple
 from cds.metrics import Metrics
 from cds.results.base import EMPTY_RESULTS, ResultStore, ResultsUnavailable
+from cds.rollout.replay import RecentOrders
 from cds.rollout.state import Active, CatalogState
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 _DEGRADED_RESULTS = (RESULTS_UNAVAILABLE,)
 _NOT_DEGRADED: tuple[str, ...] = ()
 _ALLOW = Decision.ALLOW
-_NO_SILENT: tuple[()] = ()
 _REMINDED = str(ReasonCode.RECOGNIZABLE_RESULT_EXISTS)
 # Distinct count keys one interval keeps (a busy hospital has a few hundred a minute).
 DEFAULT_MAX_COUNT_KEYS = 10_000
@@ -60,12 +60,14 @@ class OrderChecker:
         "_ids",
         "_institutions",
         "_item_counters",
+        "_keep",
         "_keys",
         "_max_keys",
         "_memory",
         "_metrics",
         "_reason_counters",
         "_recorder",
+        "_silent_counters",
         "_state",
         "_store",
     )
@@ -79,6 +81,7 @@ class OrderChecker:
         recorder: DecisionRecorder,
         ids: DecisionIds | None = None,
         *,
+        recent: RecentOrders | None = None,
         max_count_keys: int = DEFAULT_MAX_COUNT_KEYS,
         now_us: int = 0,
     ) -> None:
@@ -90,6 +93,7 @@ class OrderChecker:
         self._metrics = metrics
         self._item_counters = metrics.item_decisions
         self._reason_counters = metrics.reasons
+        self._silent_counters = metrics.silent_reasons
         self._degraded = metrics.degraded_results
         self._max_keys = max_count_keys
         self._counts: CountsTree = {}
@@ -98,6 +102,8 @@ class OrderChecker:
         self._active: Active | None = None
         self._gene_codes: frozenset[str] = frozenset()
         self._institutions: frozenset[str] = frozenset()
+        # Where orders are kept to preview a catalogue change on (None: nowhere).
+        self._keep = recent.record if recent is not None else None
 
     async def check(self, order: Order, now_us: int) -> Checked:
         active = self._state.active  # read once: this call sees one catalogue to its end
@@ -113,6 +119,8 @@ class OrderChecker:
             degraded = _DEGRADED_RESULTS
             self._degraded.inc()
         evaluation = active.engine.evaluate(order, results)
+        if self._keep is not None:
+            self._keep(order)
         decision_id = self._ids()
         version = active.version
         self._memory.remember(decision_id, order, evaluation, version)
@@ -147,17 +155,13 @@ class OrderChecker:
                     reason_counters[code].inc()
                     if code == _REMINDED:
                         self._metrics.recognition_reminded(order.institution_id).inc()
+        silent = evaluation.silent
+        if silent:
+            logged = True
+            for hushed in silent:
+                self._silent_counters[hushed.reason.code].inc()
         if logged:
-            entry = (
-                decision_id,
-                order,
-                evaluation,
-                version,
-                degraded,
-                now_us,
-                self._gene_codes,
-                _NO_SILENT,
-            )
+            entry = (decision_id, order, evaluation, version, degraded, now_us, self._gene_codes)
             self._recorder.decision(new_tuple(DecisionEntry, entry))
         return new_tuple(Checked, (decision_id, version, evaluation, degraded))
 

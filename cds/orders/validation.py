@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from cds.domain import US_PER_SECOND
+from cds.domain import BACKDATE_LIMIT_US, US_PER_HOUR, US_PER_SECOND
 
 MAX_STRING = 128
 MAX_COMMENT = 1000
@@ -75,6 +75,24 @@ class Strings:
         raise AssertionError("not ok, yet no field is wrong")  # pragma: no cover
 
 
+class TimeBound(NamedTuple):
+    """How far from the server's clock a time field may be: ``before_us`` into the past,
+    ``after_us`` into the future (both ends accepted)."""
+
+    field: str
+    before_us: int
+    after_us: int
+
+    def error(self, at_us: int, now_us: int) -> str | None:
+        if at_us < now_us - self.before_us:
+            hours = self.before_us // US_PER_HOUR
+            return f"{self.field}: more than {hours} hours before the server's clock"
+        if at_us > now_us + self.after_us:
+            minutes = self.after_us // (60 * US_PER_SECOND)
+            return f"{self.field}: more than {minutes} minutes after the server's clock"
+        return None
+
+
 class Count(NamedTuple):
     """How many entries a repeated field may hold."""
 
@@ -114,6 +132,9 @@ LINE = Strings(
 )
 # Each diagnosis code is a string of the same limit.
 DIAGNOSIS = Field("patient.diagnosis_codes")
+# An explicit order time is judged exactly only as far back as the stores keep results
+# beyond their windows (cds.domain.BACKDATE_LIMIT_US), and ahead by the usual skew.
+ORDER_TIME = TimeBound("order_time", BACKDATE_LIMIT_US, FUTURE_SKEW_US)
 
 # -- SubmitFeedback ---------------------------------------------------------------------
 

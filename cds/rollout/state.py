@@ -8,6 +8,14 @@ leaves the old reference where it was.
 
 Reloads are serialised by a lock (two administrators, or SIGHUP during an RPC reload,
 must not interleave their "previous version" and status updates).
+
+Every reload, dry run or real, also says what it does to clinicians: the recent orders
+are replayed against the catalogue in force and the new one (``replayer``, wired by the
+server, :mod:`cds.rollout.replay`), after the lock is released.
+
+A version must name one rule set, or the decision log (which records only the version)
+lies about which rules decided: a file whose ``version`` is the active one but whose
+bytes differ is refused.
 """
 
 from __future__ import annotations
@@ -15,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from cds.catalog.diff import diff_snapshots
 from cds.catalog.load import CatalogError, load_catalog, parse_catalog
 from cds.catalog.snapshot import Snapshot
 from cds.metrics import Metrics
+from cds.rollout.impact import NO_IMPACT, Impact
 from cds.rules.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -42,6 +51,11 @@ class ReloadOutcome(NamedTuple):
     version: str
     previous_version: str
     changes: list[str]
+    impact: Impact = NO_IMPACT
+
+
+# (engine in force, new engine) -> what changes for the recent orders.
+ImpactReplayer = Callable[[Engine, Engine], Awaitable[Impact]]
 
 
 def errors_message(errors: list[str], limit: int = MAX_ERROR_MESSAGE_BYTES) -> str:
@@ -58,6 +72,20 @@ def errors_message(errors: list[str], limit: int = MAX_ERROR_MESSAGE_BYTES) -> s
         lines.append(error)
         size += cost
     return "\n".join(lines)
+
+
+def same_version_other_content(active: Snapshot, new: Snapshot) -> None:
+    """Refuse a file that reuses the active version for other bytes (both from files)."""
+    known = active.digest and new.digest
+    if known and new.version == active.version and new.digest != active.digest:
+        raise CatalogError(
+            [
+                f"$.version: {new.version!r} is the active version, whose file differs from "
+                f"this one (sha256 {active.digest[:12]}… active, {new.digest[:12]}… here); "
+                "give this edition a new version"
+            ],
+            source=new.source,
+        )
 
 
 def _now_us() -> int:
@@ -82,6 +110,7 @@ class CatalogState:
         self.active = self._activate(snapshot)
         self.last_error = ""
         self.last_error_at_us = 0
+        self.replayer: ImpactReplayer | None = None
 
     @classmethod
     def load(
@@ -100,34 +129,40 @@ class CatalogState:
             self._metrics.catalog_loaded.set(active.loaded_at_us / 1e6)
         return active
 
-    def _build_active(self, content: bytes | None = None) -> tuple[Snapshot, Engine]:
+    def _build_active(self, content: bytes | None, source: str) -> tuple[Snapshot, Engine]:
         if content is None:
             snapshot = self._loader(self.path)
         else:
-            snapshot = parse_catalog(content, source=self.path)
+            snapshot = parse_catalog(content, source=source)
         return snapshot, Engine(snapshot)
 
-    async def reload(self, dry_run: bool = False, content: bytes | None = None) -> ReloadOutcome:
-        """Validate the configured file and (unless ``dry_run``) activate it.
+    async def reload(
+        self, dry_run: bool = False, content: bytes | None = None, *, source: str | None = None
+    ) -> ReloadOutcome:
+        """Validate the configured file and (unless ``dry_run``) activate it; then replay
+        the recent orders to say what changed for them.
 
         Parsing and indexing run in a worker thread so checks keep being answered.
         A dry run only reports: it neither activates, nor counts, nor touches status.
         Raises :class:`CatalogError` with every error; the active catalogue is then
         unchanged. ``content`` stands in for the file's bytes: with several workers the
-        parent reads the file once and every worker activates exactly those bytes.
+        parent reads the file once and every worker activates exactly those bytes; for
+        a dry run it may be a candidate, named by ``source`` in errors and logs.
         """
+        where = source or self.path
         async with self._lock:
             previous = self.active
             try:
-                snapshot, engine = await asyncio.to_thread(self._build_active, content)
+                snapshot, engine = await asyncio.to_thread(self._build_active, content, where)
+                same_version_other_content(previous.snapshot, snapshot)
             except Exception as e:
                 if isinstance(e, CatalogError):
                     refused = e
                 else:  # a loader bug must not take the service down
                     log.exception("catalogue reload failed unexpectedly")
-                    errors = [f"{self.path}: {type(e).__name__}: {e}"]
-                    refused = CatalogError(errors, source=self.path)
-                self._log_refusal(refused.errors, dry_run)
+                    errors = [f"{where}: {type(e).__name__}: {e}"]
+                    refused = CatalogError(errors, source=where)
+                self._log_refusal(refused.errors, dry_run, where)
                 if not dry_run:
                     self._record_failure(refused.errors)
                 if refused is e:
@@ -147,19 +182,36 @@ class CatalogState:
                     snapshot.version,
                     previous.version,
                 )
-            return ReloadOutcome(not dry_run, snapshot.version, previous.version, changes)
+        impact = await self._impact(previous.engine, engine)
+        if not dry_run:
+            log.info(
+                "catalogue version %s: %d lines of %d recent orders answered differently",
+                snapshot.version,
+                impact.lines_changed,
+                impact.orders_replayed,
+            )
+        return ReloadOutcome(not dry_run, snapshot.version, previous.version, changes, impact)
+
+    async def _impact(self, before: Engine, after: Engine) -> Impact:
+        if self.replayer is None:
+            return NO_IMPACT
+        try:
+            return await self.replayer(before, after)
+        except Exception:  # the reload itself succeeded: a preview bug must not undo that
+            log.exception("replaying recent orders failed")
+            return NO_IMPACT
 
     def refuse(self, errors: list[str]) -> None:
         """Record a reload refused elsewhere (the parent of several workers could not
         read the file), exactly as if this process had refused it."""
-        self._log_refusal(errors, False)
+        self._log_refusal(errors, False, self.path)
         self._record_failure(errors)
 
-    def _log_refusal(self, errors: list[str], dry_run: bool) -> None:
+    def _log_refusal(self, errors: list[str], dry_run: bool, where: str) -> None:
         # Catalogue errors name JSON paths and codes, never patients: safe to log whole.
         log.warning(
             "catalogue %s refused%s, version %s keeps serving:\n%s",
-            self.path,
+            where,
             " (dry run)" if dry_run else "",
             self.active.version,
             errors_message(errors),

@@ -3,7 +3,8 @@
 Rules are compiled once per catalogue (``Engine.__init__``) against a ``RuleContext``;
 everything that does not depend on the order (severities after policy, display names,
 group peers, citations) is resolved here so a check only compares and looks up.
-Message helpers run only once a reason has fired, never on the allow path.
+Messages are compiled from their templates here too (``cds.rules.wording``); what is
+left of them runs only once a reason has fired, never on the allow path.
 """
 
 from __future__ import annotations
@@ -14,15 +15,20 @@ from functools import lru_cache
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
+from cds.catalog.messages import BUILT_IN_UNKNOWN_LAB, template_of
 from cds.catalog.snapshot import Snapshot
 from cds.domain import (
     US_PER_SECOND,
     Decision,
     OverrideOption,
     PriorResult,
+    ReasonCode,
     StoredResult,
     new_tuple,
 )
+from cds.rules.wording import Render, compile_template
+
+_NOT_APPROVED = str(ReasonCode.SENDOUT_LAB_NOT_APPROVED)
 
 # The national rule behind mutual recognition; cited when an item carries no source.
 NATIONAL_RECOGNITION_POLICY = (
@@ -97,6 +103,13 @@ class RuleContext(NamedTuple):
     group_peers: Mapping[str, frozenset[str]]
     # Cited for a gene-test rule that has no catalogue entry (or an entry without source).
     catalogue_citation: str
+    # Every reason code -> its message as a function of the code's placeholders
+    # (cds.rules.wording), from the catalogue's template or the built-in one.
+    wording: Mapping[str, Render]
+    # SENDOUT_LAB_NOT_APPROVED for a lab the catalogue does not list.
+    unknown_lab_wording: Render
+    # Codes whose policy is SILENT (their reasons carry ``silent``).
+    silent_codes: frozenset[str]
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> RuleContext:
@@ -119,6 +132,13 @@ class RuleContext(NamedTuple):
             institution_names={i.id: i.name or i.id for i in snapshot.institutions.values()},
             group_peers=peers,
             catalogue_citation=f"肿瘤基因检测推荐目录{version}",
+            wording={
+                str(c): compile_template(c, template_of(snapshot.messages, c)) for c in ReasonCode
+            },
+            unknown_lab_wording=compile_template(
+                _NOT_APPROVED, template_of(snapshot.messages, _NOT_APPROVED, BUILT_IN_UNKNOWN_LAB)
+            ),
+            silent_codes=snapshot.silent_codes,
         )
 
     def day(self, us: int) -> str:
@@ -127,8 +147,3 @@ class RuleContext(NamedTuple):
 
     def institution_name(self, institution_id: str) -> str:
         return self.institution_names.get(institution_id) or institution_id
-
-    def newest(self, prior: tuple[PriorResult, ...]) -> str:
-        """'<date>（<institution>）' of the newest prior result (``prior`` is newest first)."""
-        p = prior[0]
-        return f"{self.day(p.reported_at_us)}（{self.institution_name(p.institution_id)}）"

@@ -18,16 +18,17 @@ from cds.domain import (
     ItemDecision,
     Order,
     Reason,
-    ReasonCode,
+    SilentReason,
     new_tuple,
 )
 from cds.results.base import PatientResults
 from cds.rules.common import RuleContext
 from cds.rules.duplicates import DuplicateRule
-from cds.rules.gene_tests import GeneTestRule, not_in_catalogue
+from cds.rules.gene_tests import GeneTestRule, NotInCatalogue
 from cds.rules.recognition import RecognitionRule
 
 _ALLOW = Decision.ALLOW
+_NOTHING_SILENT: tuple[SilentReason, ...] = ()
 _GENE_TEST = ItemCategory.GENE_TEST
 
 
@@ -43,16 +44,25 @@ def _decision_of(reason: Reason) -> Decision:
     return reason.decision
 
 
+def _hush(found: list[Reason], line: int, hushed: list[SilentReason]) -> None:
+    """Move the silent reasons of line ``line`` out of ``found`` (in place) into ``hushed``."""
+    shown = [r for r in found if not r.silent]
+    if len(shown) != len(found):
+        hushed.extend(new_tuple(SilentReason, (line, r)) for r in found if r.silent)
+        found[:] = shown
+
+
 class Engine:
     """Compiled rules for one Snapshot; built once per catalogue load, then shared read-only."""
 
-    __slots__ = ("_ctx", "_duplicate", "_plans", "snapshot")
+    __slots__ = ("_ctx", "_duplicate", "_not_in_catalogue", "_plans", "_silent_rules", "snapshot")
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
         ctx = RuleContext.from_snapshot(snapshot)
         self._ctx = ctx
-        self._duplicate = DuplicateRule(ctx.severity[str(ReasonCode.DUPLICATE_IN_REQUEST)])
+        self._duplicate = DuplicateRule(ctx)
+        self._not_in_catalogue = NotInCatalogue(ctx)
         labs = dict(snapshot.sendout_labs)
         recognition = {
             code: RecognitionRule(item, ctx) for code, item in snapshot.recognition_items.items()
@@ -68,6 +78,11 @@ class Engine:
             elif recog is not None:
                 plans[code] = _Plan(recog.name, recog, None)
         self._plans = plans
+        self._silent_rules = bool(snapshot.silent_codes) or any(
+            entry.silent
+            for entries in (snapshot.recognition_items, snapshot.gene_tests)
+            for entry in entries.values()
+        )
 
     def evaluate(self, order: Order, results: PatientResults) -> Evaluation:
         """Every reason for every line; item = most severe reason, overall = most severe item."""
@@ -76,6 +91,8 @@ class Engine:
         first_line: dict[str, str] | None = {} if len(items) > 1 else None
         found: list[Reason] = []
         decided: list[ItemDecision] = []
+        # Only a catalogue with silent rules pays for separating their reasons.
+        hushed: list[SilentReason] | None = [] if self._silent_rules else None
         worst = _ALLOW
         for item in items:
             code = item.item_code
@@ -86,10 +103,10 @@ class Engine:
                     first_line[code] = item.line_id
                 else:
                     name = code if plan is None else plan.name
-                    found.append(self._duplicate.reason(name, first))
+                    found.append(self._duplicate.reason(code, name, first))
             if plan is None:
                 if item.category == _GENE_TEST:
-                    found.append(not_in_catalogue(code, self._ctx))
+                    found.append(self._not_in_catalogue(code))
             else:
                 rows = results.get(code)
                 recog = plan.recognition
@@ -101,7 +118,9 @@ class Engine:
                 if gene is not None:
                     gene.check(order, item, rows, found)
                 elif item.category == _GENE_TEST:
-                    found.append(not_in_catalogue(code, self._ctx))
+                    found.append(self._not_in_catalogue(code))
+            if found and hushed is not None:
+                _hush(found, len(decided), hushed)
             if found:
                 decision = max(map(_decision_of, found))
                 decided.append(
@@ -112,4 +131,5 @@ class Engine:
                     worst = decision
             else:
                 decided.append(new_tuple(ItemDecision, (item.line_id, code, _ALLOW, ())))
-        return new_tuple(Evaluation, (worst, tuple(decided)))
+        silent = tuple(hushed) if hushed else _NOTHING_SILENT
+        return new_tuple(Evaluation, (worst, tuple(decided), silent))

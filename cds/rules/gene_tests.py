@@ -19,6 +19,7 @@ from cds.domain import (
     Reason,
     ReasonCode,
     StoredResult,
+    new_tuple,
 )
 from cds.rules.common import RuleContext, prior_results
 from cds.rules.sendout import SendoutRule
@@ -35,15 +36,30 @@ _REPEATED = str(ReasonCode.GENE_TEST_REPEATED)
 _SHOWN_INDICATIONS = 8
 
 
-def not_in_catalogue(item_code: str, ctx: RuleContext) -> Reason:
-    return Reason(
-        _NOT_IN_CATALOGUE,
-        ctx.severity[_NOT_IN_CATALOGUE],
-        f"基因检测项目 {item_code} 不在推荐目录中，不得开具。",
-        (),
-        (),
-        ctx.catalogue_citation,
-    )
+class NotInCatalogue:
+    """The refusal of a gene test off the list; its message names the code as ordered."""
+
+    __slots__ = ("_ctx", "_message", "decision", "silent")
+
+    def __init__(self, ctx: RuleContext) -> None:
+        self._ctx = ctx
+        self.decision = ctx.severity[_NOT_IN_CATALOGUE]
+        self._message = ctx.wording[_NOT_IN_CATALOGUE]
+        self.silent = _NOT_IN_CATALOGUE in ctx.silent_codes
+
+    def __call__(self, item_code: str) -> Reason:
+        return new_tuple(
+            Reason,
+            (
+                _NOT_IN_CATALOGUE,
+                self.decision,
+                self._message(item_code),
+                (),
+                (),
+                self._ctx.catalogue_citation,
+                self.silent,
+            ),
+        )
 
 
 def _indication_text(prefixes: tuple[str, ...]) -> str:
@@ -65,8 +81,10 @@ class GeneTestRule:
         "not_priced_reason",
         "price_item_code",
         "price_mismatch_reason",
-        "repeat_days",
+        "repeat_days_text",
         "repeat_decision",
+        "repeat_message",
+        "repeat_silent",
         "repeat_us",
         "sendout",
         "source",
@@ -81,60 +99,32 @@ class GeneTestRule:
         self.name = name
         self.source = source
         self.price_item_code = test.price_item_code
-        self.not_priced_reason: Reason | None = None
-        if test.price_item_code is None:
-            self.not_priced_reason = Reason(
-                _NOT_PRICED,
-                sev[_NOT_PRICED],
-                f"「{name}」尚无获批的收费项目，不得收费开具。",
-                (),
-                (),
-                source,
-            )
-        # Unused while the test is unpriced: NOT_PRICED replaces any mismatch then.
-        self.price_mismatch_reason = Reason(
-            _PRICE_MISMATCH,
-            sev[_PRICE_MISMATCH],
-            f"「{name}」须按目录收费项目 {test.price_item_code} 收费，不得替换为其他收费项目。",
-            (),
-            (),
-            source,
-        )
         # ICD-10 codes compare case-insensitively; prefixes are upper-cased once here.
         self.indications = tuple(p.strip().upper() for p in test.indications)
-        self.indication_reason = Reason(
-            _INDICATION,
-            sev[_INDICATION],
-            f"患者诊断不符合「{name}」的适应证（{_indication_text(self.indications)}）。",
-            (),
-            (),
-            source,
-        )
-        self.mdt_reason: Reason | None = None
-        if test.requires_mdt_first_visit:
-            self.mdt_reason = Reason(
-                _MDT,
-                sev[_MDT],
-                f"肿瘤患者首诊开具「{name}」须先经多学科会诊（MDT），请先完成 MDT 讨论并登记记录。",
-                (),
-                (),
-                source,
-            )
-        self.consent_reason: Reason | None = None
-        if test.requires_consent:
-            self.consent_reason = Reason(
-                _CONSENT,
-                sev[_CONSENT],
-                f"「{name}」须先签署知情同意书。",
-                (),
-                (),
-                source,
-            )
-        self.repeat_days = test.repeat_interval_days
+        wording = ctx.wording
+
+        def static(code: str, *more: object) -> Reason:
+            message = wording[code](test.code, name, *more)
+            return Reason(code, sev[code], message, (), (), source, silent(code))
+
+        def silent(code: str) -> bool:
+            return test.silent or code in ctx.silent_codes
+
+        self.not_priced_reason: Reason | None = None
+        if test.price_item_code is None:
+            self.not_priced_reason = static(_NOT_PRICED)
+        # Unused while the test is unpriced: NOT_PRICED replaces any mismatch then.
+        self.price_mismatch_reason = static(_PRICE_MISMATCH, test.price_item_code)
+        self.indication_reason = static(_INDICATION, _indication_text(self.indications))
+        self.mdt_reason = static(_MDT) if test.requires_mdt_first_visit else None
+        self.consent_reason = static(_CONSENT) if test.requires_consent else None
         self.repeat_us = (
             None if test.repeat_interval_days is None else test.repeat_interval_days * US_PER_DAY
         )
         self.repeat_decision = sev[_REPEATED]
+        self.repeat_silent = silent(_REPEATED)
+        self.repeat_message = wording[_REPEATED]
+        self.repeat_days_text = str(test.repeat_interval_days)
         self.sendout = SendoutRule(test, source, labs, ctx)
 
     def check(
@@ -170,13 +160,24 @@ class GeneTestRule:
         prior = prior_results(rows, t, interval)
         if not prior:
             return None
-        return Reason(
-            _REPEATED,
-            self.repeat_decision,
-            f"患者已有 {len(prior)} 份「{self.name}」结果"
-            f"在重复检测间隔（{self.repeat_days} 天）内，"
-            f"最近一次为 {self._ctx.newest(prior)}；如确需重复检测，请选择理由。",
-            prior,
-            self._ctx.override_options,
-            self.source,
+        ctx = self._ctx
+        newest = prior[0]
+        return new_tuple(
+            Reason,
+            (
+                _REPEATED,
+                self.repeat_decision,
+                self.repeat_message(
+                    self.code,
+                    self.name,
+                    self.repeat_days_text,
+                    len(prior),
+                    ctx.day(newest.reported_at_us),
+                    ctx.institution_name(newest.institution_id),
+                ),
+                prior,
+                ctx.override_options,
+                self.source,
+                self.repeat_silent,
+            ),
         )

@@ -19,6 +19,7 @@ from cds.domain import (
     Reason,
     ReasonCode,
     StoredResult,
+    new_tuple,
 )
 from cds.rules.common import NATIONAL_RECOGNITION_POLICY, RuleContext, prior_results
 
@@ -34,7 +35,10 @@ class RecognitionRule:
     __slots__ = (
         "_ctx",
         "code",
+        "days_text",
         "exempt_decision",
+        "exempt_message",
+        "exempt_silent",
         "name",
         "override_options",
         "province",
@@ -42,6 +46,8 @@ class RecognitionRule:
         "validity_days",
         "validity_us",
         "warn_decision",
+        "warn_message",
+        "warn_silent",
     )
 
     def __init__(self, item: RecognitionItem, ctx: RuleContext) -> None:
@@ -55,6 +61,11 @@ class RecognitionRule:
         self.warn_decision = ctx.severity[_WARN]
         self.exempt_decision = ctx.severity[_EXEMPT]
         self.override_options = ctx.override_options
+        self.days_text = str(item.validity_days)  # formatted once, not per reason
+        self.warn_message = ctx.wording[_WARN]
+        self.exempt_message = ctx.wording[_EXEMPT]
+        self.warn_silent = item.silent or _WARN in ctx.silent_codes
+        self.exempt_silent = item.silent or _EXEMPT in ctx.silent_codes
 
     def check(self, order: Order, rows: Sequence[StoredResult]) -> Reason | None:
         """The recognition reason for this item, or None when no prior result counts."""
@@ -66,25 +77,36 @@ class RecognitionRule:
         return self._reason(order, prior) if prior else None
 
     def _reason(self, order: Order, prior: tuple[PriorResult, ...]) -> Reason:
-        found = (
-            f"「{self.name}」有 {len(prior)} 份可互认的既往结果"
-            f"（互认有效期 {self.validity_days} 天），"
-            f"最近一次为 {self._ctx.newest(prior)}"
-        )
+        ctx = self._ctx
+        newest = prior[0]
+        day = ctx.day(newest.reported_at_us)
+        institution = ctx.institution_name(newest.institution_id)
         if order.encounter_type == _EMERGENCY:
-            return Reason(
-                _EXEMPT,
-                self.exempt_decision,
-                f"急诊免于互认提醒：{found}。",
-                prior,
-                (),
-                self.source,
+            return new_tuple(
+                Reason,
+                (
+                    _EXEMPT,
+                    self.exempt_decision,
+                    self.exempt_message(
+                        self.code, self.name, self.days_text, len(prior), day, institution
+                    ),
+                    prior,
+                    (),
+                    self.source,
+                    self.exempt_silent,
+                ),
             )
-        return Reason(
-            _WARN,
-            self.warn_decision,
-            f"{found}，请优先互认；如需复查，请选择不予互认的理由。",
-            prior,
-            self.override_options,
-            self.source,
+        return new_tuple(
+            Reason,
+            (
+                _WARN,
+                self.warn_decision,
+                self.warn_message(
+                    self.code, self.name, self.days_text, len(prior), day, institution
+                ),
+                prior,
+                self.override_options,
+                self.source,
+                self.warn_silent,
+            ),
         )

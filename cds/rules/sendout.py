@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from cds.catalog.snapshot import GeneTest, SendoutLab
-from cds.domain import Decision, Order, Reason, ReasonCode
+from cds.domain import Decision, Order, Reason, ReasonCode, new_tuple
 from cds.rules.common import RuleContext
 
 _NOT_APPROVED = str(ReasonCode.SENDOUT_LAB_NOT_APPROVED)
@@ -25,11 +25,16 @@ class SendoutRule:
         "_labs",
         "code",
         "expired_decision",
+        "expired_message",
+        "expired_silent",
         "in_house",
         "in_house_reason",
         "name",
         "not_approved_decision",
+        "not_approved_message",
+        "not_approved_silent",
         "source",
+        "unknown_lab_message",
     )
 
     def __init__(
@@ -42,13 +47,19 @@ class SendoutRule:
         self.in_house = test.in_house_institutions
         self.not_approved_decision: Decision = ctx.severity[_NOT_APPROVED]
         self.expired_decision: Decision = ctx.severity[_EXPIRED]
+        self.not_approved_message = ctx.wording[_NOT_APPROVED]
+        self.unknown_lab_message = ctx.unknown_lab_wording
+        self.expired_message = ctx.wording[_EXPIRED]
+        self.not_approved_silent = test.silent or _NOT_APPROVED in ctx.silent_codes
+        self.expired_silent = test.silent or _EXPIRED in ctx.silent_codes
         self.in_house_reason = Reason(
             _IN_HOUSE,
             ctx.severity[_IN_HOUSE],
-            f"本院可开展「{self.name}」，不应外送检测。",
+            ctx.wording[_IN_HOUSE](test.code, self.name),
             (),
             (),
             source,
+            test.silent or _IN_HOUSE in ctx.silent_codes,
         )
 
     def check(self, order: Order, lab_id: str, out: list[Reason]) -> None:
@@ -56,38 +67,56 @@ class SendoutRule:
         lab = self._labs.get(lab_id)
         if lab is None:
             out.append(
-                Reason(
-                    _NOT_APPROVED,
-                    self.not_approved_decision,
-                    f"外送实验室 {lab_id} 不在获批的外送实验室名单中，不得外送「{self.name}」。",
-                    (),
-                    (),
-                    self.source,
+                new_tuple(
+                    Reason,
+                    (
+                        _NOT_APPROVED,
+                        self.not_approved_decision,
+                        self.unknown_lab_message(self.code, self.name, lab_id, lab_id),
+                        (),
+                        (),
+                        self.source,
+                        self.not_approved_silent,
+                    ),
                 )
             )
         else:
             if (order.institution_id, self.code) not in lab.approved:
                 out.append(
-                    Reason(
-                        _NOT_APPROVED,
-                        self.not_approved_decision,
-                        f"外送实验室「{lab.name or lab.id}」"
-                        f"未获准承接本院的「{self.name}」外送检测。",
-                        (),
-                        (),
-                        self.source,
+                    new_tuple(
+                        Reason,
+                        (
+                            _NOT_APPROVED,
+                            self.not_approved_decision,
+                            self.not_approved_message(
+                                self.code, self.name, lab.id, lab.name or lab.id
+                            ),
+                            (),
+                            (),
+                            self.source,
+                            self.not_approved_silent,
+                        ),
                     )
                 )
             if order.order_time_us >= lab.qualification_end_us:
                 out.append(
-                    Reason(
-                        _EXPIRED,
-                        self.expired_decision,
-                        f"外送实验室「{lab.name or lab.id}」的资质有效期至 "
-                        f"{lab.qualification_valid_until.isoformat()}，已过期，不得外送。",
-                        (),
-                        (),
-                        self.source,
+                    new_tuple(
+                        Reason,
+                        (
+                            _EXPIRED,
+                            self.expired_decision,
+                            self.expired_message(
+                                self.code,
+                                self.name,
+                                lab.id,
+                                lab.name or lab.id,
+                                lab.qualification_valid_until.isoformat(),
+                            ),
+                            (),
+                            (),
+                            self.source,
+                            self.expired_silent,
+                        ),
                     )
                 )
         if order.institution_id in self.in_house:

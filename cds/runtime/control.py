@@ -8,9 +8,12 @@ are the same program, so the format needs no versioning; it never leaves the hos
 Messages (``op``):
 
 * parent -> worker: ``init`` (config, index, port; body: catalogue), ``apply`` (body:
-  catalogue bytes to activate), ``refuse`` (the file could not be read: record it),
-  ``reloaded`` (the answer to the worker's ``reload``), ``hup`` (tokens and keys).
-* worker -> parent: ``ready``, ``reload`` (an RPC asked for one), ``applied``.
+  catalogue bytes to activate), ``preview`` (body: catalogue bytes to validate and
+  replay recent orders against, a dry run), ``refuse`` (the file could not be read:
+  record it), ``reloaded`` (the answer to the worker's ``reload``), ``hup`` (tokens and
+  keys).
+* worker -> parent: ``ready``, ``reload`` (an RPC asked for one, dry run or not; body:
+  the candidate, if any), ``applied`` and ``previewed`` (each with the worker's impact).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from cds.orders.checker import OrderChecker
 from cds.orders.feedback import FeedbackDesk
 from cds.results.base import ResultStore
 from cds.results.factory import open_store
+from cds.rollout.replay import RecentOrders, Replayer
 from cds.rollout.state import CatalogState
 from cds.runtime.lifecycle import check_transport, print_refused_catalog, serve
 from cds.security.auth import Authenticator, AuthInterceptor
@@ -114,6 +115,9 @@ class CdsServer:
             else DecisionMemory(config.max_decisions, config.decision_ttl)
         )
         self.role = role
+        # The orders a reload's impact is replayed on (in memory only, never logged).
+        self.recent = RecentOrders(config.replay_orders) if config.replay_orders else None
+        state.replayer = Replayer(self.recent, store.get_patient)
         self.health = health.aio.HealthServicer()
         self.checker: OrderChecker | None = None
         self.grpc_port = 0
@@ -190,6 +194,7 @@ class CdsServer:
             self.metrics,
             self.recorder,
             ids=new_decision_ids(),
+            recent=self.recent,
             now_us=_now_us(),
         )
         self.checker = checker

@@ -15,12 +15,15 @@ What the parent owns:
   ``cds_workers`` and ``cds_worker_restarts_total``.
 * **Reloads.** ``ReloadCatalog`` on any worker, or SIGHUP to the parent, becomes one
   reload: the parent reads the file once and sends those bytes to every worker; the
-  RPC is answered when all have replied. A file refused by one is refused by all
-  (same bytes, same validator); if workers ever disagree (one crashed or timed out
-  mid-reload) the reload fails visibly — the RPC gets ``FAILED_PRECONDITION`` naming
-  the workers, an ERROR is logged — and those workers are restarted with the
-  catalogue in force, so ``GetCatalogStatus`` converges on one version. SIGHUP also
-  has every worker re-read the tokens file and the pseudonym keys.
+  RPC is answered when all have replied, with the sum of their impacts (each worker
+  replays the orders it checked itself). A dry run goes to every worker the same way
+  (the file's bytes, or the RPC's candidate), activates nothing, and sums the same.
+  A file refused by one is refused by all (same bytes, same validator); if workers
+  ever disagree (one crashed or timed out mid-reload) the reload fails visibly — the
+  RPC gets ``FAILED_PRECONDITION`` naming the workers, an ERROR is logged — and those
+  workers are restarted with the catalogue in force, so ``GetCatalogStatus``
+  converges on one version. SIGHUP also has every worker re-read the tokens file and
+  the pseudonym keys.
 * **Crashes.** A worker that exits unexpectedly is logged at ERROR, counted and
   restarted (same port, same decision-log file, the catalogue in force). More than
   ``RESTART_LIMIT`` unexpected exits within ``RESTART_WINDOW_S`` means something is
@@ -56,10 +59,12 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from cds.catalog.load import CatalogError, load_catalog, parse_catalog
 from cds.config import ServeConfig, split_host_port
+from cds.rollout.impact import Impact
 from cds.runtime import control
 from cds.runtime.lifecycle import check_transport, print_refused_catalog, serve
 from cds.runtime.server import _redacted
 from cds.security.pseudonyms import MIN_KEY_BYTES
+from cds.service.admin import CANDIDATE_SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +195,7 @@ class Supervisor:
     async def _follow(self, worker: Worker) -> None:
         try:
             while True:
-                header, _ = await control.receive(worker.reader)
+                header, body = await control.receive(worker.reader)
                 op = header["op"]
                 if op == "ready":
                     if not worker.ready.done():
@@ -198,8 +203,8 @@ class Supervisor:
                     if self.started:
                         log.info("worker %d (pid %d) serving again", worker.index, header["pid"])
                 elif op == "reload":
-                    self._task(self._answer_reload(worker, header["id"]))
-                elif op == "applied":
+                    self._task(self._answer_reload(worker, header, body))
+                elif op in ("applied", "previewed"):
                     answer = worker.replies.pop(header["id"], None)
                     if answer is not None and not answer.done():
                         answer.set_result(header)
@@ -332,10 +337,66 @@ class Supervisor:
 
     # -- reloads --------------------------------------------------------------------------
 
-    async def _answer_reload(self, worker: Worker, request_id: int) -> None:
-        result = await self.reload_all(origin=worker.index)
+    async def _answer_reload(self, worker: Worker, header: control.Header, body: bytes) -> None:
+        if header.get("dry_run"):
+            candidate = body if header.get("candidate") else None
+            result = await self.preview_all(candidate, origin=worker.index)
+        else:
+            result = await self.reload_all(origin=worker.index)
         with contextlib.suppress(ConnectionError):
-            await control.send(worker.writer, {"op": "reloaded", "id": request_id, **result})
+            await control.send(worker.writer, {"op": "reloaded", "id": header["id"], **result})
+
+    async def _ask_all(
+        self, targets: list[Worker], header: control.Header, content: bytes
+    ) -> dict[int, control.Header | None]:
+        """Send one request to every target; each one's reply, None where none came."""
+        request_id = next(self.ids)
+        loop = asyncio.get_running_loop()
+        answers: dict[int, asyncio.Future[control.Header]] = {}
+        for worker in targets:
+            answer = answers[worker.index] = loop.create_future()
+            worker.replies[request_id] = answer
+            try:
+                await control.send(worker.writer, {**header, "id": request_id}, content)
+            except ConnectionError as e:
+                answer.set_exception(e)
+        if answers:
+            await asyncio.wait(answers.values(), timeout=APPLY_TIMEOUT_S)
+        replies: dict[int, control.Header | None] = {}
+        for index, answer in answers.items():
+            ok = answer.done() and answer.exception() is None
+            replies[index] = answer.result() if ok else None
+            if not answer.done():
+                answer.cancel()
+        return replies
+
+    async def preview_all(self, candidate: bytes | None, origin: int) -> control.Header:
+        """A dry run in every worker: validated alike, each replays its own orders."""
+        source = CANDIDATE_SOURCE if candidate is not None else self.config.catalog
+        if candidate is None:
+            try:
+                candidate = await asyncio.to_thread(Path(self.config.catalog).read_bytes)
+            except OSError as e:
+                return {"ok": False, "errors": [f"$: cannot read {source}: {e.strerror or e}"]}
+        targets = [w for w in self.workers if w is not None and w.alive]
+        replies = await self._ask_all(targets, {"op": "preview", "source": source}, candidate)
+        answered = [r for r in replies.values() if r is not None]
+        if targets and len(answered) == len(targets):
+            if all(r["ok"] for r in answered):
+                reply = replies.get(origin) or answered[0]
+                assert reply is not None
+                impact = Impact.total(Impact.from_json(r["impact"]) for r in answered)
+                return {**_outcome(reply), "impact": impact.as_json()}
+            if not any(r["ok"] for r in answered):
+                return {"ok": False, "errors": answered[0]["errors"]}
+        missing = ", ".join(str(i) for i, r in replies.items() if r is None or not r["ok"])
+        return {
+            "ok": False,
+            "errors": [
+                f"dry run answered by {len(answered)} of {len(targets)} workers alike "
+                f"(not: worker {missing or '-'}); nothing was changed, try again"
+            ],
+        }
 
     async def reload_all(self, origin: int | None = None) -> control.Header:
         """One reload for every worker: the file's bytes, read once, activated by each."""
@@ -349,24 +410,7 @@ class Supervisor:
                     with contextlib.suppress(ConnectionError):
                         await control.send(worker.writer, {"op": "refuse", "errors": errors})
                 return {"ok": False, "errors": errors}
-            request_id = next(self.ids)
-            loop = asyncio.get_running_loop()
-            answers: dict[int, asyncio.Future[control.Header]] = {}
-            for worker in targets:
-                answer = answers[worker.index] = loop.create_future()
-                worker.replies[request_id] = answer
-                try:
-                    await control.send(worker.writer, {"op": "apply", "id": request_id}, content)
-                except ConnectionError as e:
-                    answer.set_exception(e)
-            if answers:
-                await asyncio.wait(answers.values(), timeout=APPLY_TIMEOUT_S)
-            replies: dict[int, control.Header | None] = {}
-            for index, answer in answers.items():
-                ok = answer.done() and answer.exception() is None
-                replies[index] = answer.result() if ok else None
-                if not answer.done():
-                    answer.cancel()
+            replies = await self._ask_all(targets, {"op": "apply"}, content)
             return self._settle(content, targets, replies, origin)
 
     def _settle(
@@ -384,12 +428,8 @@ class Supervisor:
             log.info(
                 "catalogue version %s activated in all %d workers", reply["version"], len(targets)
             )
-            return {
-                "ok": True,
-                "version": reply["version"],
-                "previous": reply["previous"],
-                "changes": reply["changes"],
-            }
+            impact = Impact.total(Impact.from_json(r["impact"]) for r in replies.values() if r)
+            return {**_outcome(reply), "impact": impact.as_json()}
         refused = [r for r in replies.values() if r is not None and not r["ok"]]
         if targets and len(refused) == len(targets):
             return {"ok": False, "errors": refused[0]["errors"]}  # refused alike everywhere
@@ -423,6 +463,15 @@ class Supervisor:
             if worker is not None and worker.alive:
                 with contextlib.suppress(ConnectionError):
                     await control.send(worker.writer, {"op": "hup"})
+
+
+def _outcome(reply: control.Header) -> control.Header:
+    return {
+        "ok": True,
+        "version": reply["version"],
+        "previous": reply["previous"],
+        "changes": reply["changes"],
+    }
 
 
 def _prepare_metrics_dir() -> tuple[str, bool]:

@@ -27,6 +27,7 @@ from typing import Any
 
 from cds.catalog.load import CatalogError
 from cds.config import ServeConfig
+from cds.rollout.impact import Impact
 from cds.rollout.state import ReloadOutcome
 from cds.runtime import control
 from cds.runtime.lifecycle import serve
@@ -46,22 +47,29 @@ class ParentLink:
         self._waiting: dict[int, asyncio.Future[control.Header]] = {}
         self.server: Any = None  # the CdsServer, once built
 
-    async def reload(self, dry_run: bool) -> ReloadOutcome:
-        """The RPC's reload: a dry run stays here; a real one goes through the parent."""
-        if dry_run:
-            outcome: ReloadOutcome = await self.server.state.reload(dry_run=True)
-            return outcome
+    async def reload(self, dry_run: bool, candidate: bytes | None) -> ReloadOutcome:
+        """The RPC's reload, for every worker: the parent reads the file once (or passes
+        the candidate on), every worker validates it and replays its own recent orders,
+        and the impact is their sum; a real reload is activated by all."""
         request_id = next(self._ids)
         answer: asyncio.Future[control.Header] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = answer
+        header = {"op": "reload", "id": request_id, "dry_run": dry_run}
+        header["candidate"] = candidate is not None
         try:
-            await control.send(self._writer, {"op": "reload", "id": request_id})
+            await control.send(self._writer, header, candidate or b"")
             result = await answer
         finally:
             self._waiting.pop(request_id, None)
         if not result["ok"]:
             raise CatalogError(result["errors"])
-        return ReloadOutcome(True, result["version"], result["previous"], result["changes"])
+        return ReloadOutcome(
+            not dry_run,
+            result["version"],
+            result["previous"],
+            result["changes"],
+            Impact.from_json(result["impact"]),
+        )
 
     async def follow(self) -> None:
         """Serve the parent's messages until it closes the channel."""
@@ -73,6 +81,8 @@ class ParentLink:
             op = header["op"]
             if op == "apply":
                 await control.send(self._writer, await self._apply(header, body))
+            elif op == "preview":
+                await control.send(self._writer, await self._apply(header, body, dry_run=True))
             elif op == "refuse":
                 self.server.state.refuse(header["errors"])
             elif op == "reloaded":
@@ -82,10 +92,14 @@ class ParentLink:
             elif op == "hup":
                 await self.server.reload_credentials()
 
-    async def _apply(self, header: control.Header, content: bytes) -> control.Header:
-        reply: control.Header = {"op": "applied", "id": header["id"]}
+    async def _apply(
+        self, header: control.Header, content: bytes, *, dry_run: bool = False
+    ) -> control.Header:
+        reply: control.Header = {"op": "previewed" if dry_run else "applied", "id": header["id"]}
         try:
-            outcome = await self.server.state.reload(content=content)
+            outcome = await self.server.state.reload(
+                dry_run=dry_run, content=content, source=header.get("source")
+            )
         except CatalogError as refused:
             reply.update(ok=False, errors=refused.errors)
         else:
@@ -94,6 +108,7 @@ class ParentLink:
                 version=outcome.version,
                 previous=outcome.previous_version,
                 changes=outcome.changes,
+                impact=outcome.impact.as_json(),
             )
         return reply
 

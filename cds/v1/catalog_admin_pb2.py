@@ -22,24 +22,29 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from cds.v1 import types_pb2 as cds_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x64s/v1/catalog_admin.proto\x12\x06\x63\x64s.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x14ReloadCatalogRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\"f\n\x15ReloadCatalogResponse\x12\x11\n\tactivated\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x18\n\x10previous_version\x18\x03 \x01(\t\x12\x0f\n\x07\x63hanges\x18\x04 \x03(\t\"\x19\n\x17GetCatalogStatusRequest\"\xf8\x01\n\x18GetCatalogStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12-\n\tloaded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x31\n\rlast_error_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11recognition_items\x18\x06 \x01(\x05\x12\x12\n\ngene_tests\x18\x07 \x01(\x05\x12\x16\n\x0e\x65\x66\x66\x65\x63tive_date\x18\x08 \x01(\t2\xba\x01\n\x13\x43\x61talogAdminService\x12L\n\rReloadCatalog\x12\x1c.cds.v1.ReloadCatalogRequest\x1a\x1d.cds.v1.ReloadCatalogResponse\x12U\n\x10GetCatalogStatus\x12\x1f.cds.v1.GetCatalogStatusRequest\x1a .cds.v1.GetCatalogStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x64s/v1/catalog_admin.proto\x12\x06\x63\x64s.v1\x1a\x12\x63\x64s/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\":\n\x14ReloadCatalogRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x11\n\tcandidate\x18\x02 \x01(\x0c\"\x86\x01\n\x15ReloadCatalogResponse\x12\x11\n\tactivated\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x18\n\x10previous_version\x18\x03 \x01(\t\x12\x0f\n\x07\x63hanges\x18\x04 \x03(\t\x12\x1e\n\x06impact\x18\x05 \x01(\x0b\x32\x0e.cds.v1.Impact\"Y\n\x06Impact\x12\x17\n\x0forders_replayed\x18\x01 \x01(\x05\x12\x15\n\rlines_changed\x18\x02 \x01(\x05\x12\x1f\n\x04rows\x18\x03 \x03(\x0b\x32\x11.cds.v1.ImpactRow\"\xa0\x01\n\tImpactRow\x12\x11\n\titem_code\x18\x01 \x01(\t\x12 \n\x06\x62\x65\x66ore\x18\x02 \x01(\x0e\x32\x10.cds.v1.Decision\x12\x1f\n\x05\x61\x66ter\x18\x03 \x01(\x0e\x32\x10.cds.v1.Decision\x12\r\n\x05lines\x18\x04 \x01(\x05\x12\x15\n\rreasons_added\x18\x05 \x03(\t\x12\x17\n\x0freasons_removed\x18\x06 \x03(\t\"\x19\n\x17GetCatalogStatusRequest\"\xf8\x01\n\x18GetCatalogStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12-\n\tloaded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x31\n\rlast_error_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11recognition_items\x18\x06 \x01(\x05\x12\x12\n\ngene_tests\x18\x07 \x01(\x05\x12\x16\n\x0e\x65\x66\x66\x65\x63tive_date\x18\x08 \x01(\t2\xba\x01\n\x13\x43\x61talogAdminService\x12L\n\rReloadCatalog\x12\x1c.cds.v1.ReloadCatalogRequest\x1a\x1d.cds.v1.ReloadCatalogResponse\x12U\n\x10GetCatalogStatus\x12\x1f.cds.v1.GetCatalogStatusRequest\x1a .cds.v1.GetCatalogStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cds.v1.catalog_admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RELOADCATALOGREQUEST']._serialized_start=71
-  _globals['_RELOADCATALOGREQUEST']._serialized_end=110
-  _globals['_RELOADCATALOGRESPONSE']._serialized_start=112
-  _globals['_RELOADCATALOGRESPONSE']._serialized_end=214
-  _globals['_GETCATALOGSTATUSREQUEST']._serialized_start=216
-  _globals['_GETCATALOGSTATUSREQUEST']._serialized_end=241
-  _globals['_GETCATALOGSTATUSRESPONSE']._serialized_start=244
-  _globals['_GETCATALOGSTATUSRESPONSE']._serialized_end=492
-  _globals['_CATALOGADMINSERVICE']._serialized_start=495
-  _globals['_CATALOGADMINSERVICE']._serialized_end=681
+  _globals['_RELOADCATALOGREQUEST']._serialized_start=91
+  _globals['_RELOADCATALOGREQUEST']._serialized_end=149
+  _globals['_RELOADCATALOGRESPONSE']._serialized_start=152
+  _globals['_RELOADCATALOGRESPONSE']._serialized_end=286
+  _globals['_IMPACT']._serialized_start=288
+  _globals['_IMPACT']._serialized_end=377
+  _globals['_IMPACTROW']._serialized_start=380
+  _globals['_IMPACTROW']._serialized_end=540
+  _globals['_GETCATALOGSTATUSREQUEST']._serialized_start=542
+  _globals['_GETCATALOGSTATUSREQUEST']._serialized_end=567
+  _globals['_GETCATALOGSTATUSRESPONSE']._serialized_start=570
+  _globals['_GETCATALOGSTATUSRESPONSE']._serialized_end=818
+  _globals['_CATALOGADMINSERVICE']._serialized_start=821
+  _globals['_CATALOGADMINSERVICE']._serialized_end=1007
 # @@protoc_insertion_point(module_scope)

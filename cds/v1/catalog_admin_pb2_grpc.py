@@ -52,7 +52,8 @@ class CatalogAdminServiceServicer:
     """
 
     def ReloadCatalog(self, request, context):
-        """Reload from the configured catalogue path; a bad catalogue is refused whole.
+        """Reload from the configured catalogue path (or, for a dry run, preview a candidate);
+        a bad catalogue is refused whole.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

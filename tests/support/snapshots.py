@@ -146,6 +146,8 @@ def make_snapshot(
     override_reasons: Iterable[OverrideOption] = NATIONAL_OVERRIDES,
     severity: Mapping[str, Decision] | None = None,
     version: str = "test-1",
+    messages: Mapping[str, str] | None = None,
+    silent_codes: Iterable[str] = (),
 ) -> Snapshot:
     return Snapshot.create(
         version=version,
@@ -156,6 +158,8 @@ def make_snapshot(
         sendout_labs=sendout_labs,
         override_reasons=override_reasons,
         severity=severity,
+        messages=messages,
+        silent_codes=silent_codes,
     )
 
 
