@@ -29,7 +29,7 @@ import grpc
 import pytest
 
 from cds.v1 import order_check_pb2, order_check_pb2_grpc, result_feed_pb2, types_pb2
-from tests.support.protos import DAY_US, item, now_us, result
+from tests.support.protos import DAY_US, check_request, item, now_us, result
 from tests.support.redis_server import redis_module_fixture  # noqa: F401
 from tests.support.server import RunningServer, load_test_catalog, run_cds, running_server
 
@@ -547,3 +547,27 @@ def test_the_html_report_opens_offline_in_chromium_and_shows_its_charts(run, tmp
     assert "检查检验结果互认与肿瘤基因检测" in dom
     assert "测试第一医院（H1）" in dom  # names from the catalogue, codes kept
     assert "病情变化，原结果已不能反映当前状况（CONDITION_CHANGED）" in dom
+
+
+def test_a_rule_switched_on_silently_shows_its_firings_in_the_report_not_on_screen(tmp_path):
+    """The administrator's evidence for switching a rule on: counted, never shown."""
+    catalog = load_test_catalog()
+    for entry in catalog["recognition_items"]:
+        if entry["code"] == "K":
+            entry["silent"] = True
+    with running_server(tmp_path, catalog) as s:
+        reported = now_us() - DAY_US
+        s.feed.PutResults(
+            result_feed_pb2.PutResultsRequest(
+                results=[result("SIL-1", patient_id="silent-1", item_code="K",
+                                reported_at_us=reported)]
+            ),
+            timeout=5,
+        )  # fmt: skip
+        answer = s.check.Check(check_request(item("1", "K"), patient_id="silent-1"), timeout=5)
+        assert answer.decision == types_pb2.DECISION_ALLOW and not answer.items[0].reasons
+    figures = json.loads(
+        run_cds("report", "--catalog", str(s.catalog_path), str(s.decision_log_path))
+    )
+    assert figures["silent"] == {"RECOGNIZABLE_RESULT_EXISTS": 1}
+    assert figures["recognition"]["reminded"] == 0
