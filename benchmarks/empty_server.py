@@ -1,9 +1,15 @@
-"""An empty gRPC server on the same stack as cds: the limit the service is measured against.
+"""An empty gRPC server: the limit of the stack, which the service is measured against.
 
 It registers ``cds.v1.OrderCheckService/Check`` as a raw-bytes generic handler (no request
 parsing, no response building) returning one pre-serialized ``CheckResponse`` of the
-size the service typically answers with. Whatever this server cannot exceed, the service
-cannot either: the ratio service/empty isolates what cds itself costs per call.
+size the service answers with. Whatever this server cannot exceed, the service cannot
+either: the ratio service/empty isolates what cds itself costs per call.
+
+Two stacks (``--stack``). ``bare`` (the default, and the baseline of every ratio) is
+``grpc.aio.server()`` with no arguments at all, as the smallest server a user could
+write: the stack's own limit. ``matched`` passes cds's channel options and its
+``maximum_concurrent_rpcs`` cap, so the cost of those settings shows as a row of its own
+instead of hiding inside the baseline (issue 12).
 
 Run: ``python -m benchmarks.empty_server --listen 127.0.0.1:0 --response-bytes 420``;
 it prints ``PORT <n>`` on stdout once it serves.
@@ -13,9 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gc
+import importlib
+import json
+import re
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +34,7 @@ import grpc
 from cds.v1 import order_check_pb2, types_pb2
 
 CHECK_METHOD = "/cds.v1.OrderCheckService/Check"
+ROOT = Path(__file__).resolve().parent.parent
 
 # The national override reasons (国卫医发〔2022〕6号), as the catalogue offers them on a
 # warning: they make up much of a real warning response's bytes.
@@ -86,49 +98,104 @@ def canned_response(size: int | None = None) -> bytes:
     return resp.SerializeToString()
 
 
-def server_options() -> tuple[list[tuple[str, Any]], str]:
-    """The channel options cds's own server uses, so both servers run the same stack.
-
-    Taken from ``cds.server`` when it exposes them (``SERVER_OPTIONS`` or
-    ``server_options()``); otherwise grpc's defaults, which is what a server without
-    options runs. The second value says which, for the results file.
-    """
-    try:
-        from cds import server as cds_server  # type: ignore[attr-defined]
-    except ImportError:
-        return [], "grpc defaults (cds.server not importable)"
-    opts = getattr(cds_server, "SERVER_OPTIONS", None)
-    if opts is None and callable(getattr(cds_server, "server_options", None)):
-        opts = cds_server.server_options()
-    if opts is None:
-        return [], "grpc defaults (cds.server exposes no SERVER_OPTIONS)"
-    return list(opts), "cds.server options"
-
-
-def max_concurrent_rpcs() -> int | None:
-    """cds's default cap on concurrent calls, if it has one, so overload behaves alike."""
-    for module in ("cds.server", "cds.tls"):
-        try:
-            mod = __import__(module, fromlist=["_"])
-        except ImportError:
+def _module_defining(function: str) -> str | None:
+    """The ``cds`` module whose source defines ``function`` at top level, found by reading
+    the tree rather than importing a fixed path: the package is being regrouped into
+    sub-packages, and the harness should follow the function wherever it lands."""
+    for path in sorted((ROOT / "cds").rglob("*.py")):
+        if "_pb2" in path.name:
             continue
-        cap = getattr(mod, "DEFAULT_MAX_CONCURRENT_RPCS", None)
-        if isinstance(cap, int):
-            return cap
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        if re.search(rf"^def {function}\(", text, re.M):
+            rel = path.relative_to(ROOT).with_suffix("")
+            return ".".join(p for p in rel.parts if p != "__init__")
     return None
 
 
-async def serve(listen: str, payload: bytes) -> None:
-    async def check(_request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
-        return payload
+def server_options() -> tuple[list[tuple[str, Any]], str]:
+    """The channel options cds's own server passes to ``grpc.aio.server``, for the
+    options-matched server (the second row; the baseline is the bare server).
+
+    Found as the ``server_options()`` function wherever it lives under ``cds/``; grpc's
+    defaults when there is none. The second value says where they came from.
+    """
+    module = _module_defining("server_options")
+    if module is None:
+        return [], "grpc defaults (no server_options() under cds/)"
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        return [], f"grpc defaults ({module} not importable: {exc})"
+    return list(mod.server_options()), f"{module}.server_options()"
+
+
+def max_concurrent_rpcs() -> int | None:
+    """cds's default cap on concurrent calls (``cds.config``), so overload behaves alike."""
+    try:
+        from cds.config import DEFAULT_MAX_CONCURRENT_RPCS
+    except ImportError:
+        return None
+    return int(DEFAULT_MAX_CONCURRENT_RPCS)
+
+
+def stack_settings(stack: str) -> dict[str, Any]:
+    """What ``grpc.aio.server`` is given for a stack, for the server and the results file.
+
+    ``bare``: nothing at all, grpc's defaults, as the smallest grpc.aio server is built;
+    it is the baseline every ratio is computed against. ``matched``: cds's own channel
+    options and concurrency cap, to show what those settings cost by themselves."""
+    if stack == "bare":
+        return {"stack": "bare", "options": [], "from": "grpc defaults", "cap": None}
+    opts, where = server_options()
+    return {"stack": "matched", "options": opts, "from": where, "cap": max_concurrent_rpcs()}
+
+
+def load_class_responses(path: str | None) -> dict[bytes, bytes]:
+    """``--class-responses FILE``: a JSON list of ``{"request_b64", "response_bytes"}``,
+    each order class's representative request and the size of the service's answer to
+    it. The empty server answers that exact request with a canned response of that size,
+    so a class's row (the all-WARN class answers far more bytes than the mix's mean)
+    compares replies of the same size; any other request gets the default response."""
+    if not path:
+        return {}
+    entries = json.loads(Path(path).read_text())
+    return {
+        base64.b64decode(e["request_b64"]): canned_response(int(e["response_bytes"]))
+        for e in entries
+    }
+
+
+async def serve(
+    listen: str, payload: bytes, stack: str = "bare", by_request: dict[bytes, bytes] | None = None
+) -> None:
+    if by_request:
+        # One dict lookup on the request's bytes (a hash of ~200 bytes, ~0.1 µs against a
+        # call's ~150 µs): the reply is as large as the service's for that class.
+        get = by_request.get
+
+        async def check(request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
+            return get(request, payload)
+
+    else:
+
+        async def check(request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
+            return payload
 
     # No (de)serializers: the request stays bytes, the response is the canned bytes.
     handler = grpc.method_handlers_generic_handler(
         "cds.v1.OrderCheckService",
         {"Check": grpc.unary_unary_rpc_method_handler(check)},
     )
-    options, _ = server_options()
-    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs())
+    settings = stack_settings(stack)
+    if stack == "bare":
+        server = grpc.aio.server()
+    else:
+        server = grpc.aio.server(
+            options=settings["options"], maximum_concurrent_rpcs=settings["cap"]
+        )
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port(listen)
     await server.start()
@@ -146,8 +213,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--response-bytes", type=int, default=None)
+    parser.add_argument(
+        "--stack",
+        choices=("bare", "matched"),
+        default="bare",
+        help="bare: grpc.aio.server() with grpc's defaults; matched: cds's options and cap",
+    )
+    parser.add_argument(
+        "--class-responses",
+        default=None,
+        help="JSON file: per class request, the response size to answer it with",
+    )
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.listen, canned_response(args.response_bytes)))
+    by_request = load_class_responses(args.class_responses)
+    asyncio.run(
+        serve(args.listen, canned_response(args.response_bytes), args.stack, by_request or None)
+    )
     return 0
 
 
