@@ -201,6 +201,14 @@ class ServerProcess:
         self.stop()
 
 
+def tree_env(tree: Path) -> dict[str, str]:
+    """The environment that makes ``python -P -m cds`` import ``tree``'s cds (A/B runs
+    serve several source trees side by side; ``-P`` keeps the working directory out)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(tree) + os.pathsep + os.environ.get("AB_EXTRA_PYTHONPATH", "")
+    return env
+
+
 def machine_info() -> dict[str, Any]:
     import google.protobuf
     from google.protobuf.internal import api_implementation

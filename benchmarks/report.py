@@ -756,6 +756,16 @@ def percall_lines(pc: dict[str, Any] | None, res: dict[str, Any]) -> list[str]:
             rel = f" ({v / b:.2f}× bare)" if v and b and name != "bare" else ""
             cells.append(f"{v:,.0f} instructions/call{rel}" if v else "–")
         lines.append(f"| {SERVER_LABEL.get(name, name)} | " + " | ".join(cells) + " |")
+    idle = {n: s.get("idle_ir_per_s") for n, s in subjects.items() if s.get("idle_ir_per_s")}
+    if idle:
+        shares = [c.get("idle_share", 0) for s in subjects.values() for c in s["classes"].values()]
+        lines += [
+            "",
+            "With no calls at all the servers execute "
+            + ", ".join(f"{v:,.0f} instructions/s ({n})" for n, v in idle.items())
+            + f" under valgrind: at most {max(shares, default=0):.1%} of a figure above is "
+            "time- rather than call-driven.",
+        ]
     svc = subjects.get("service", {}).get("classes", {})
     for c in classes:
         if c not in svc:
@@ -764,7 +774,7 @@ def percall_lines(pc: dict[str, Any] | None, res: dict[str, Any]) -> list[str]:
         blibs = bare.get(c, {}).get("by_library", {})
         lines += [
             "",
-            f"Where the instructions go, {c} (self cost by library, per call):",
+            f"Where the instructions go, {c} (self cost by library, instructions per call):",
             "",
             "| library | bare | service | service − bare |",
             "|---|---|---|---|",
@@ -773,7 +783,7 @@ def percall_lines(pc: dict[str, Any] | None, res: dict[str, Any]) -> list[str]:
         for lib in names[:10]:
             sv = libs.get(lib, {}).get("ir_per_call", 0)
             bv = blibs.get(lib, {}).get("ir_per_call", 0)
-            lines.append(f"| {lib} | {bv:,.0f} | {sv:,.0f} | {sv - bv:+,.0f} |")
+            lines.append(f"| {lib} | {bv:,.0f} instr | {sv:,.0f} instr | {sv - bv:+,.0f} instr |")
         lines += [
             "",
             f"Top functions of the service, {c}, inclusive, outside the interpreter and "

@@ -1,7 +1,7 @@
 """``make bench``: every benchmark of issues 4, 5 and 12 in one run, so ratios are
 measured against the same machine state.
 
-Sections (``--only`` picks some, comma-separated; the default is all):
+Sections (``--only`` picks some, comma-separated; the default is all but percall):
   engine   Engine.evaluate alone, µs per order (needs cds.engine and cds.catalog)
   empty    the bare (grpc defaults) and options-matched empty gRPC servers
   service  cds serve: preload ≥1M results (ingest rate, RSS), the all-WARN check, then
@@ -9,6 +9,7 @@ Sections (``--only`` picks some, comma-separated; the default is all):
   reload   a 10,000-entry catalogue reloaded during open-loop load (needs service)
   redis    the Redis store against the in-process one at the same fixed rate (issue 5)
   workers  --workers 2 against 1, on Redis (issue 5)
+  percall  instructions per Check under callgrind, bare vs service (slow; benchmarks.percall)
 A section whose feature has not landed yet is skipped with the reason in the results.
 
 Two layouts on 2 cores, the same servers moved between them: unpinned (server and
@@ -74,8 +75,8 @@ from cds.v1 import catalog_admin_pb2, order_check_pb2, types_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CATALOG = ROOT / "catalog" / "catalog.json"
-SECTIONS = ("engine", "empty", "service", "reload", "redis", "workers")
-DEFAULT_SECTIONS = SECTIONS
+SECTIONS = ("engine", "empty", "service", "reload", "redis", "workers", "percall")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # percall (valgrind) is slow: only when asked for
 PUT_RESULTS = "/cds.v1.ResultFeedService/PutResults"
 
 
@@ -115,6 +116,13 @@ class Config:
     engine_repeats: int = 7
     redis_results: int = 1_000_000
     timeout_s: float = 2.0
+    # percall (callgrind): a smaller preload, since the store's size hardly changes the
+    # instructions of one Check but preloading under valgrind is slow
+    percall_results: int = 30_000
+    percall_patients: int = 10_000
+    percall_calls: int = 2_000
+    percall_warmup_calls: int = 200
+    percall_concurrency: int = 4
 
 
 QUICK = Config(
@@ -141,6 +149,10 @@ QUICK = Config(
     engine_calls=500,
     engine_repeats=3,
     redis_results=3_000,
+    percall_results=2_000,
+    percall_patients=500,
+    percall_calls=40,
+    percall_warmup_calls=10,
 )
 
 
@@ -1108,6 +1120,8 @@ def run(env: Env, only: set[str], res: dict[str, Any], layouts: list[str]) -> No
             skip(s, str(env.features[s]))
     if "reload" in only and env.features["service"] is not True:
         skip("reload", str(env.features["service"]))
+    if "percall" in only and not shutil.which("valgrind"):
+        skip("percall", "valgrind not on PATH (apt-get install valgrind)")
     want = {s for s in only if s not in res["skipped"]}
     if "redis" in want:
         want.add("service")  # its added latency is against the in-process store, same run
@@ -1132,6 +1146,10 @@ def run(env: Env, only: set[str], res: dict[str, Any], layouts: list[str]) -> No
     load_sections = want & {"empty", "service", "reload", "redis", "workers"}
     if load_sections:
         run_load(env, res, want, layouts, catalog_json, active_catalog)
+    if "percall" in want:
+        from benchmarks import percall
+
+        res["percall"] = percall.section(env, catalog_json)
 
 
 def run_engine(env: Env, res: dict[str, Any], active_catalog: Path) -> None:
@@ -1382,7 +1400,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         default=",".join(DEFAULT_SECTIONS),
-        help=f"sections: {','.join(SECTIONS)}",
+        help=f"sections: {','.join(SECTIONS)} (default all but percall)",
     )
     p.add_argument("--quick", action="store_true", help="tiny scale (the smoke test)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

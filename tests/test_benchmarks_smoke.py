@@ -1,8 +1,8 @@
 """The benchmark harness, end to end at tiny scale, so it cannot rot unnoticed.
 
 Runs ``python -m benchmarks.run --quick`` once (engine, the bare and options-matched
-empty servers, the service with the all-WARN class, both layouts) into a temporary
-directory, and checks that
+empty servers, the service with the all-WARN class, both layouts, and the callgrind
+per-call count when valgrind is there) into a temporary directory, and checks that
 every output was written and holds measurements. No timing is asserted: this proves
 the harness works, the benchmark itself says how fast things are.
 """
@@ -21,6 +21,7 @@ import pytest
 from benchmarks import report
 from benchmarks.empty_server import canned_response, stack_settings
 from benchmarks.h2load import mix_rps, parse
+from benchmarks.percall import parse_callgrind
 from cds.v1 import order_check_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,22 @@ def test_needs_follow_from_the_stated_assumptions():
     assert report.NEEDS[1].peak_rps > 50 * hospital.peak_rps
 
 
+def test_callgrind_dump_is_parsed_into_self_inclusive_and_libraries(tmp_path):
+    dump = tmp_path / "callgrind.out.1"
+    dump.write_text(
+        "events: Ir\nsummary: 1000\n\n"
+        "ob=(1) /usr/lib/libpython3.11.so.1.0\nfl=(1) ceval.c\nfn=(1) eval\n0 600\n"
+        "cob=(2) /usr/lib/libc.so.6\ncfi=(2) malloc.c\ncfn=(2) malloc\ncalls=3 0\n0 400\n"
+        "ob=(2)\nfl=(2)\nfn=(2)\n0 400\n"
+    )
+    p = parse_callgrind(dump)
+    assert p["total_ir"] == 1000
+    assert p["self"][("/usr/lib/libpython3.11.so.1.0", "eval")] == 600
+    assert p["inclusive"][("/usr/lib/libpython3.11.so.1.0", "eval")] == 1000
+    assert p["by_library"]["libc"] == 400
+    assert p["by_library"]["interpreter (libpython)"] == 600
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
@@ -75,7 +92,7 @@ def quick_run(tmp_path_factory):
             "benchmarks.run",
             "--quick",
             "--only",
-            "engine,empty,service",
+            "engine,empty,service,percall",
             "--note",
             "smoke test",
             "--out",
@@ -125,6 +142,20 @@ def test_quick_run_checks_the_all_warn_class_answers_warn_and_is_logged(quick_ru
     assert wc["warn"] == wc["sampled"] == wc["logged"]
     assert wc["ok"]
     assert res["service"]["classes"]["all_warn"]["decision"] == "DECISION_WARN"
+
+
+def test_quick_run_counts_instructions_per_call(quick_run):
+    _, res = quick_run
+    if not shutil.which("valgrind"):
+        assert "percall" in res["skipped"]
+        return
+    pc = res["percall"]["subjects"]
+    for server in ("bare", "service"):
+        for cls in ("mix", "all_warn"):
+            c = pc[server]["classes"][cls]
+            assert c["ir_per_call"] > 0
+            assert c["by_library"]
+            assert not c["client"]["errors"]
 
 
 def test_quick_run_writes_verdict_tables_and_plot(quick_run):
