@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
+from benchmarks.ab import commit_line
 from benchmarks.empty_server import canned_response, stack_settings
 from benchmarks.h2load import mix_rps, parse
 from benchmarks.percall import parse_callgrind
@@ -79,6 +80,17 @@ def test_callgrind_dump_is_parsed_into_self_inclusive_and_libraries(tmp_path):
     assert p["inclusive"][("/usr/lib/libpython3.11.so.1.0", "eval")] == 1000
     assert p["by_library"]["libc"] == 400
     assert p["by_library"]["interpreter (libpython)"] == 600
+
+
+def test_commit_line_reads_like_the_issue_asks():
+    summary = {
+        "before": {"h2load_all_warn_rps": 3610.0},
+        "after": {"h2load_all_warn_rps": 4020.0},
+        "bare": {"h2load_all_warn_rps": 6850.0},
+    }
+    line = commit_line(summary, ["before", "after"], ["all_warn"], "unpinned")
+    assert "all_warn 3,610 → 4,020 req/s (+11 %)" in line
+    assert "bare empty 6,850 req/s" in line
 
 
 @pytest.fixture(scope="module")
