@@ -8,6 +8,7 @@ the arithmetic and a later run recomputes it from its own measurements.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ LAYOUT_LABEL = {
     "unpinned": "unpinned: server and load generator free on both cores, as a user runs it",
     "pinned": "pinned: server on CPU 0, load generator on CPU 1",
 }
+UTILISATION = 0.5  # sizing: a core kept at most half busy keeps latency near idle
 JUDGED_LAYOUT = "unpinned"  # issue 12 measured unpinned; the pinned rows are for comparison
 WARN_CLASS = "all_warn"
 
@@ -100,6 +102,14 @@ def _num(v: Any, nd: int = 0) -> str:
     if v is None:
         return "–"
     return f"{v:,.{nd}f}"
+
+
+def _times(v: float) -> str:
+    return f"{v:,.0f}×" if v >= 10 else f"{v:,.1f}×"
+
+
+def checks(v: Any) -> str:
+    return "–" if not v else f"{v:,.0f} checks/s"
 
 
 def rps(v: Any) -> str:
@@ -376,26 +386,35 @@ def verdict(res: dict[str, Any]) -> list[str]:
     lines = ["## Verdict", ""]
     if "service" not in res or not lays:
         return [*lines, "No service measured in this run (see the sections run)."]
-    mach = machine_line(res)
+    m = res.get("machine", {})
+    mach = f"{m.get('cores', '?')}-core {m.get('cpu_model', '?')}"
     pin_mix = _capacity(res, "pinned", "service", None)
     pin_warn = _capacity(res, "pinned", "service", WARN_CLASS)
     un_mix = _capacity(res, "unpinned", "service", None)
     un_warn = _capacity(res, "unpinned", "service", WARN_CLASS)
     per_core = pin_mix
+    rounds = res.get("config", {}).get("rounds")
+    cap = []
     if pin_mix:
-        lines.append(
-            f"- **Capacity.** One cds process on one core of this {mach} machine (server "
-            f"pinned to it, load generator on the other) checks **{rps(pin_mix)}** on the "
-            f"order mix and **{rps(pin_warn)}** on the worst case (every order a WARN, "
-            f"every call a decision-log record): that is the checks per second per core "
-            f"(h2load, closed loop, median of {res.get('config', {}).get('rounds')} rounds)."
+        cap.append(
+            f"One cds process on one core of this {mach} machine (server pinned to it, load "
+            f"generator on the other) does **{checks(pin_mix)}** on the order mix and "
+            f"**{checks(pin_warn)}** on the worst case (every order a WARN, every call a "
+            "decision-log record): that is the checks per second per core"
         )
     if un_mix:
-        lines.append(
-            f"  Unpinned on the same 2 cores, the load generator sharing them: "
-            f"{rps(un_mix)} on the mix, {rps(un_warn)} all-WARN."
+        cap.append(
+            f"{'unpinned on the same cores' if pin_mix else f'Unpinned on this {mach} machine'}"
+            f", the load generator sharing the cores: {checks(un_mix)} on the mix, "
+            f"{checks(un_warn)} all-WARN"
         )
         per_core = per_core or un_mix
+    if cap:
+        lines.append(
+            "- **Capacity.** "
+            + "; ".join(cap)
+            + f" (h2load, closed loop, median of {rounds} rounds)."
+        )
     fixed = res.get("config", {}).get("fixed_rates", [])
     lay_name = JUDGED_LAYOUT if JUDGED_LAYOUT in lays else next(iter(lays))
     lay = lays[lay_name]
@@ -418,17 +437,22 @@ def verdict(res: dict[str, Any]) -> list[str]:
             + "."
         )
     needs = h.get("needs", [])
-    if needs and per_core:
-        parts = [
-            f"{n['who']} sends about **{n['peak_rps']:,.0f} checks/s** at its peak "
-            f"({per_core / n['peak_rps']:,.0f}× under one core's capacity)"
-            for n in needs
-        ]
+    worst = pin_warn or un_warn or per_core  # size on the worst case, not the mix
+    if needs and worst:
+        parts = []
+        for n in needs:
+            cores = math.ceil(n["peak_rps"] / (UTILISATION * worst))
+            parts.append(
+                f"{n['who']} sends about **{n['peak_rps']:,.0f} checks/s** at its peak, "
+                f"{_times(worst / n['peak_rps'])} under one core's worst-case capacity: "
+                f"**{cores} core{'s' if cores > 1 else ''}** at most {UTILISATION:.0%} busy"
+            )
         lines.append(
-            "- **Need** (assumptions in the table below): " + "; ".join(parts) + ". "
-            "So one core carries a tertiary hospital with room to spare, and a single "
-            "process could carry the province's peak; the latency at the fixed rates above "
-            "is what those clients would see."
+            "- **Need** (assumptions in the table below): "
+            + "; ".join(parts)
+            + f". Sized on the all-WARN capacity ({checks(worst)} per core) at no more than "
+            f"{UTILISATION:.0%} utilisation, where latency stays near the idle figures; the "
+            "latency at the fixed rates above is what those clients would see."
         )
     judged = h.get("layouts", {}).get(lay_name, {})
     if judged:
@@ -644,6 +668,8 @@ OPEN_HEAD = (
 
 
 def _open_row(server: str, label: str, p: dict[str, Any]) -> str:
+    if p.get("failed"):
+        label += " (**driver failed**: the server did not answer its first calls in time)"
     cells = (
         server,
         label,
@@ -971,7 +997,7 @@ def plot(res: dict[str, Any], path: Path) -> bool:
     colours = {"bare": "tab:blue", "matched": "tab:green", "service": "tab:red"}
     names = list(lays)
     fig, axes = plt.subplots(
-        1, len(names), figsize=(6.5 * len(names), 6), dpi=110, squeeze=False, sharey=True
+        1, len(names), figsize=(max(10.0, 6.5 * len(names)), 6), dpi=110, squeeze=False, sharey=True
     )
     for ax, layout in zip(axes[0], names, strict=True):
         lay = lays[layout]
