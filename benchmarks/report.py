@@ -339,6 +339,9 @@ def markdown(res: dict[str, Any]) -> str:
         lines += ["```", res["error"][-1500:].rstrip(), "```"]
         if res.get("service_exit"):
             lines += ["", res["service_exit"]]
+    for section, tb in res.get("section_errors", {}).items():
+        lines += ["", f"**Section {section} failed** (the others ran):", "", "```"]
+        lines += [tb[-1200:].rstrip(), "```"]
     if res.get("skipped"):
         lines += ["", "Skipped sections:", ""]
         lines += [f"- **{k}**: {v}" for k, v in res["skipped"].items()]
@@ -863,7 +866,13 @@ def _ingest_lines(ing: dict[str, Any]) -> list[str]:
         f"Preload: {_num(ing.get('accepted'))} results ({_num(ing.get('rejected'))} rejected) "
         f"over {_num(ing.get('patients'))} patients in {_num(ing.get('seconds'), 1)} s = "
         f"{_num(ing.get('results_per_s'))} results/s (batches of {ing.get('batch_size')}, "
-        f"{ing.get('inflight_batches')} in flight). "
+        f"{ing.get('inflight_batches')} in flight"
+        + (
+            f"; {ing['retried_batches']} batches retried on the server's request"
+            if ing.get("retried_batches")
+            else ""
+        )
+        + "). "
         f"RSS {_num((ing.get('rss_before_bytes') or 0) / mib)} MiB → "
         f"{_num((ing.get('rss_after_bytes') or 0) / mib)} MiB = "
         f"{_num(ing.get('rss_per_result_bytes'))} B per cached result "
