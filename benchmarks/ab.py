@@ -222,10 +222,15 @@ def main(argv: list[str] | None = None) -> int:
                 row: dict[str, Any] = {"round": rnd}
                 if use_h2load:
                     for cls, fr in frames.items():
-                        h = h2load_mix(env, target, fr, mt)
-                        row[f"h2load_{cls}_rps"] = h["mix_rps"]
+                        h = h2load_mix(env, target, fr, mt, server=srv)
+                        # a run a neighbour disturbed is kept in ab.json, not in medians
+                        row[f"h2load_{cls}_rps"] = h["mix_rps"] if h["mix_valid"] else None
+                        row[f"h2load_{cls}_measured_rps"] = h["mix_rps"]
                         row[f"h2load_{cls}_not_ok"] = h.get("grpc_not_ok")
-                        log(f"  r{rnd} {name:8s} h2load {cls:9s} {h['mix_rps']:8.0f}/s")
+                        log(
+                            f"  r{rnd} {name:8s} h2load {cls:9s} {h['mix_rps']:8.0f}/s"
+                            + ("" if h["mix_valid"] else " (disturbed: not counted)")
+                        )
                 for rate in rates:
                     pt = open_point(env, target, bodies, rate, srv)
                     row[f"open_{rate:.0f}"] = {
@@ -266,13 +271,17 @@ def main(argv: list[str] | None = None) -> int:
                 }
             if use_h2load:
                 for cls in classes:
-                    s[f"h2load_{cls}_rps"] = statistics.median(r[f"h2load_{cls}_rps"] for r in rows)
+                    key = f"h2load_{cls}_rps"
+                    vals = [r[key] for r in rows if r[key]]
+                    s[key] = statistics.median(vals) if vals else None
+                    s[f"h2load_{cls}_rounds_counted"] = len(vals)
                     if "bare" in points and name != "bare":
-                        s[f"h2load_{cls}_vs_bare_median"] = statistics.median(
-                            r[f"h2load_{cls}_rps"] / b[f"h2load_{cls}_rps"]
+                        rs = [
+                            r[key] / b[key]
                             for r, b in zip(rows, points["bare"], strict=True)
-                            if b[f"h2load_{cls}_rps"]
-                        )
+                            if r[key] and b[key]
+                        ]
+                        s[f"h2load_{cls}_vs_bare_median"] = statistics.median(rs) if rs else None
             summary[name] = s
         res["summary"] = summary
         how = (

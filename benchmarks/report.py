@@ -181,11 +181,18 @@ def layout_figures(lay: dict[str, Any]) -> dict[str, Any]:
     half = lay.get("half", {})
     b, s = half.get("bare") or [], half.get("service") or []
     if b and s:
-        per_round = [
-            sp["p99_us"] / bp["p99_us"]
+        # a round counts only when neither point was disturbed by other processes
+        pairs = [
+            (bp, sp)
             for bp, sp in zip(b, s, strict=False)
-            if bp.get("p99_us") and sp.get("p99_us")
+            if bp.get("p99_us")
+            and sp.get("p99_us")
+            and not bp.get("disturbed")
+            and not sp.get("disturbed")
         ]
+        b = [bp for bp, _ in pairs]
+        s = [sp for _, sp in pairs]
+        per_round = [sp["p99_us"] / bp["p99_us"] for bp, sp in pairs]
         out["p99_ratio_half"] = _median(per_round)
         out["p99_ratio_half_rounds"] = per_round
         out["p99_half_service_us"] = _median([p.get("p99_us") for p in s])
@@ -194,7 +201,7 @@ def layout_figures(lay: dict[str, Any]) -> dict[str, Any]:
         out["p50_half_bare_us"] = _median([p.get("p50_us") for p in b])
         cpu = [
             sp["server_cpu_us_per_call"] / bp["server_cpu_us_per_call"]
-            for bp, sp in zip(b, s, strict=False)
+            for bp, sp in pairs
             if bp.get("server_cpu_us_per_call") and sp.get("server_cpu_us_per_call")
         ]
         out["cpu_per_call_ratio_half"] = _median(cpu)
@@ -539,6 +546,9 @@ def targets_section(res: dict[str, Any], h: dict[str, Any]) -> list[str]:
             v = fig.get(key)
             rounds = fig.get(f"{key}_rounds") or []
             per = ", ".join(ratio(x) for x in rounds) or "–"
+            n_rounds = res.get("config", {}).get("rounds") or len(rounds)
+            if len(rounds) < n_rounds:
+                per += f" ({len(rounds)} of {n_rounds} rounds undisturbed)"
             extra = ""
             if key == "p99_ratio_half" and v is not None:
                 extra = (
@@ -583,6 +593,11 @@ def throughput_section(res: dict[str, Any], layout: str, lay: dict[str, Any]) ->
         "",
         caption(res, layout, h2load_what(res)),
         "",
+        f"A run during which other processes took more than "
+        f"{res.get('config', {}).get('disturbed_cores', 0.3):.2f} cores of the server's cores "
+        "(or that measured nothing) is left out of the medians, and a cell says how many "
+        "rounds it has when that happened; every run is in results.json.",
+        "",
         "| order class | share of the mix | service answers | "
         + " | ".join(SERVER_LABEL[s] for s in servers)
         + " | service/bare | matched/bare |",
@@ -591,9 +606,18 @@ def throughput_section(res: dict[str, Any], layout: str, lay: dict[str, Any]) ->
     sat = lay.get("saturation_rps", {})
     rv = lay.get("ratios_vs_bare", {})
 
+    n_rounds = len(lay.get("h2load_rounds", []))
+    got = lay.get("h2load_counted_rounds", {})
+
+    def counted(server: str, cls: str) -> str:
+        """Say so when a neighbour disturbed some rounds and the median has fewer."""
+        k = got.get(server, {}).get(cls, n_rounds)
+        return "" if k == n_rounds else f" ({k} of {n_rounds} rounds)"
+
     def ratio_cell(server: str, cls: str) -> str:
-        v = rv.get(server, {}).get(cls, {}).get("median")
-        return ratio(v)
+        r = rv.get(server, {}).get(cls, {})
+        k = len(r.get("rounds", []))
+        return ratio(r.get("median")) + ("" if k == n_rounds else f" ({k} of {n_rounds} rounds)")
 
     for c in classes:
         ans = svc_classes.get(c, {})
@@ -605,12 +629,12 @@ def throughput_section(res: dict[str, Any], layout: str, lay: dict[str, Any]) ->
         label = "**all-WARN (worst case)**" if c == WARN_CLASS else c
         lines.append(
             f"| {label} | {pct(shares.get(c)) if shares.get(c) else 'not in the mix'} | {answer} | "
-            + " | ".join(rps(med[s].get(c)) for s in servers)
+            + " | ".join(rps(med[s].get(c)) + counted(s, c) for s in servers)
             + f" | {ratio_cell('service', c)} | {ratio_cell('matched', c)} |"
         )
     lines.append(
         "| **mix** (weighted harmonic mean) | 100% | – | "
-        + " | ".join(f"**{rps(sat.get(s))}**" for s in servers)
+        + " | ".join(f"**{rps(sat.get(s))}**{counted(s, 'mix')}" for s in servers)
         + f" | **{ratio_cell('service', 'mix')}** | {ratio_cell('matched', 'mix')} |"
     )
     codes = [
@@ -671,6 +695,8 @@ OPEN_HEAD = (
 
 
 def _open_row(server: str, label: str, p: dict[str, Any]) -> str:
+    if p.get("disturbed") and not p.get("failed"):
+        label += " (disturbed: others took the server's cores)"
     if p.get("failed"):
         label += " (**driver failed**: the server did not answer its first calls in time)"
     cells = (

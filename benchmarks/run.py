@@ -30,6 +30,7 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import subprocess
@@ -103,6 +104,9 @@ class Config:
     h2load_families: int = 5  # how many of the mix's order families h2load runs (of 5)
     h2load_clients: int = 4  # issue 12 measured with -c 4 -m 8
     h2load_streams: int = 8
+    # an h2load run while other processes took more of the server's cores than this is
+    # "disturbed" and left out of the medians (see h2load_mix)
+    disturbed_cores: float = 0.3
     ceiling_s: float = 3.0  # Python driver closed loop
     ceiling_concurrency: int = 64
     driver_procs: int = 1
@@ -409,6 +413,11 @@ def python_ceiling(env: Env, target: str, bodies: Path, server: ServerProcess) -
     return out
 
 
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def h2load_mix(
     env: Env,
     target: str,
@@ -417,16 +426,28 @@ def h2load_mix(
     *,
     clients: int | None = None,
     streams: int | None = None,
+    server: ServerProcess | None = None,
 ) -> dict[str, Any]:
     """h2load once per order class, the mix's throughput from its families, grpc codes
     verified. ``frames`` are (class, frame file, share of the mix); a class with share 0
-    (the all-WARN class) is a row of its own and not part of the mix."""
+    (the all-WARN class) is a row of its own and not part of the mix.
+
+    With ``server``, each run also records the server's CPU and what other processes
+    took of the server's cores meanwhile; a run where they took more than
+    ``cfg.disturbed_cores`` (or that measured nothing) is marked not ``valid``: on this
+    shared machine a neighbour can take the server's core for whole seconds (a bare
+    server measured 2 req/s once), and such a run measures the neighbour. The mix is
+    valid when all its families are."""
     cfg = env.cfg
     clients = cfg.h2load_clients if clients is None else clients
     streams = cfg.h2load_streams if streams is None else streams
     before = metrics.check_codes(metrics_listen) if metrics_listen else None
     fams = []
     for name, path, share in frames:
+        cpu0 = server.cpu() if server else 0.0
+        core0 = core_busy_seconds(env.server_cpus)
+        kids0 = _children_cpu()
+        t0 = time.monotonic()
         r = h2load.run(
             target,
             path,
@@ -436,9 +457,23 @@ def h2load_mix(
             streams=streams,
             cpus=env.driver_cpus,
         )
+        wall = time.monotonic() - t0
         r.update(family=name, share=share)
+        valid = bool(r.get("rps")) and "error" not in r
+        if server is not None:
+            server_cpu = (server.cpu() - cpu0) / wall
+            h2_cpu = (_children_cpu() - kids0) / wall
+            busy = (core_busy_seconds(env.server_cpus) - core0) / wall
+            others = max(0.0, busy - server_cpu - (0.0 if env.server_cpus else h2_cpu))
+            r.update(server_cpu_frac=server_cpu, h2load_cpu_frac=h2_cpu, others_cores=others)
+            valid = valid and others <= cfg.disturbed_cores
+        r["valid"] = valid
         fams.append(r)
-        log(f"  h2load {name:10s}: {r.get('rps', 0):8.0f}/s failed {r.get('failed')}")
+        log(
+            f"  h2load {name:10s}: {r.get('rps', 0):8.0f}/s failed {r.get('failed')}"
+            + (f" others {r['others_cores']:.2f} cores" if "others_cores" in r else "")
+            + ("" if valid else "  DISTURBED: not counted")
+        )
     after = metrics.check_codes(metrics_listen) if metrics_listen else None
     mix = [(f["family"], f["share"], f.get("rps", 0)) for f in fams if f["share"] > 0]
     out: dict[str, Any] = {
@@ -446,7 +481,9 @@ def h2load_mix(
         "streams_per_connection": streams,
         "families": fams,
         "rps": {f["family"]: f.get("rps", 0.0) for f in fams},
+        "valid": {f["family"]: f["valid"] for f in fams},
         "mix_rps": h2load.mix_rps(mix),
+        "mix_valid": all(f["valid"] for f in fams if f["share"] > 0),
         "http_failed": sum(f.get("failed", 0) + f.get("errored", 0) for f in fams),
     }
     if before is not None and after is not None:
@@ -992,41 +1029,58 @@ def measure_layout(
             row = {}
             for s in servers:
                 log(f"  round {r + 1}/{cfg.rounds}: h2load {s.name}")
-                row[s.name] = h2load_mix(env, s.target, frames, s.metrics)
+                row[s.name] = h2load_mix(env, s.target, frames, s.metrics, server=s.proc)
             rounds.append(row)
     lay["h2load_rounds"] = rounds
     sat: dict[str, float] = {}
     per_class: dict[str, dict[str, float]] = {}
+    counted: dict[str, dict[str, int]] = {}
+
+    def value(row: dict[str, Any], server: str, cls: str) -> float | None:
+        """A round's figure for a class ("mix" too), or None if that run was disturbed."""
+        h = row[server]
+        if cls == "mix":
+            return h["mix_rps"] if h.get("mix_valid", True) and h["mix_rps"] else None
+        ok = h.get("valid", {}).get(cls, True) and h["rps"].get(cls)
+        return h["rps"][cls] if ok else None
+
+    classes = [*rounds[0][servers[0].name]["rps"], "mix"] if rounds else []
     for s in servers:
         if rounds:
-            sat[s.name] = median([row[s.name]["mix_rps"] for row in rounds])
-            per_class[s.name] = {
-                c: median([row[s.name]["rps"].get(c, 0.0) for row in rounds])
-                for c in rounds[0][s.name]["rps"]
+            vals = {
+                c: [v for row in rounds if (v := value(row, s.name, c)) is not None]
+                for c in classes
             }
+            per_class[s.name] = {c: median(v) if v else None for c, v in vals.items() if c != "mix"}
+            sat[s.name] = median(vals["mix"]) if vals["mix"] else 0.0
+            counted[s.name] = {c: len(v) for c, v in vals.items()}
         else:
             sat[s.name] = lay["python_closed"][s.name]["rps"]
     lay["saturation_rps"] = sat
     lay["saturation_from"] = (
-        f"h2load mix, median of {len(rounds)} rounds" if rounds else "python driver (no h2load)"
+        f"h2load mix, median of the undisturbed of {len(rounds)} rounds"
+        if rounds
+        else "python driver (no h2load)"
     )
     lay["h2load_median"] = per_class
+    lay["h2load_counted_rounds"] = counted
     if rounds and "bare" in sat:
         # Ratios per round, then the median: each round's servers saw the same neighbours.
+        # A round counts for a class only when neither side of its ratio was disturbed.
         ratios: dict[str, dict[str, list[float]]] = {}
         for s in servers:
             if s.name == "bare":
                 continue
-            rs: dict[str, list[float]] = {"mix": []}
-            for row in rounds:
-                b, x = row["bare"], row[s.name]
-                rs["mix"].append(x["mix_rps"] / b["mix_rps"] if b["mix_rps"] else 0.0)
-                for c, v in x["rps"].items():
-                    bv = b["rps"].get(c) or 0.0
-                    rs.setdefault(c, []).append(v / bv if bv else 0.0)
+            rs: dict[str, list[float]] = {}
+            for c in classes:
+                rs[c] = []
+                for row in rounds:
+                    b, x = value(row, "bare", c), value(row, s.name, c)
+                    if b and x:
+                        rs[c].append(x / b)
             ratios[s.name] = rs
         lay["ratios_vs_bare"] = {
-            n: {c: {"rounds": v, "median": median(v)} for c, v in rs.items()}
+            n: {c: {"rounds": v, "median": median(v) if v else None} for c, v in rs.items()}
             for n, rs in ratios.items()
         }
 
@@ -1041,7 +1095,7 @@ def measure_layout(
                 lay["half"][s.name].append(pt)
         lay["half_median"] = {
             n: {
-                k: median([p[k] for p in pts if p.get(k) is not None])
+                k: median([p[k] for p in pts if p.get(k) is not None and not p.get("disturbed")])
                 for k in ("p50_us", "p99_us", "p999_us", "server_cpu_us_per_call")
             }
             for n, pts in lay["half"].items()
@@ -1085,7 +1139,9 @@ def safe_point(
             "late": 0,
             "dropped": 0,
             "driver_cpu_frac": 0.0,
+            "disturbed": True,
         }
+    pt["disturbed"] = (pt.get("server_core_others_frac") or 0.0) > env.cfg.disturbed_cores
     _log_point(pt)
     return pt
 
@@ -1097,6 +1153,7 @@ def _log_point(pt: dict[str, Any]) -> None:
         f"late {pt['late']} dropped {pt['dropped']} err {sum(pt['errors'].values())} "
         f"cpu driver {pt['driver_cpu_frac']:.0%} server {pt['server_cpu_frac'] or 0:.0%} "
         f"others {pt['server_core_others_frac'] or 0:.2f} cores"
+        + ("  DISTURBED" if pt.get("disturbed") else "")
     )
 
 
