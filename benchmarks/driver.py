@@ -85,11 +85,23 @@ class Recorder:
         return hist
 
 
-def _connect(target: str, body: bytes) -> tuple[grpc.Channel, Any]:
+def _connect(target: str, body: bytes, patience_s: float = 60.0) -> tuple[grpc.Channel, Any]:
+    """A channel whose connection set-up and first calls are out of the way.
+
+    A call that times out here is retried until ``patience_s``: on a shared machine a
+    neighbour can starve the server for seconds, which is a result for the point to
+    show (in its percentiles), not a reason for the whole run to fail."""
     channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
     call = channel.unary_unary(CHECK_METHOD)  # no serializers: bytes in, bytes out
-    for _ in range(20):  # connection set-up and first-call costs out of the way
-        call(body, timeout=5.0)
+    deadline = time.monotonic() + patience_s
+    done = 0
+    while done < 20:
+        try:
+            call(body, timeout=5.0)
+            done += 1
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or time.monotonic() > deadline:
+                raise
     return channel, call
 
 

@@ -1,9 +1,15 @@
-"""An empty gRPC server on the same stack as cds: the limit the service is measured against.
+"""An empty gRPC server: the limit of the stack, which the service is measured against.
 
 It registers ``cds.v1.OrderCheckService/Check`` as a raw-bytes generic handler (no request
 parsing, no response building) returning one pre-serialized ``CheckResponse`` of the
-size the service typically answers with. Whatever this server cannot exceed, the service
-cannot either: the ratio service/empty isolates what cds itself costs per call.
+size the service answers with. Whatever this server cannot exceed, the service cannot
+either: the ratio service/empty isolates what cds itself costs per call.
+
+Two stacks (``--stack``). ``bare`` (the default, and the baseline of every ratio) is
+``grpc.aio.server()`` with no arguments at all, as the smallest server a user could
+write: the stack's own limit. ``matched`` passes cds's channel options and its
+``maximum_concurrent_rpcs`` cap, so the cost of those settings shows as a row of its own
+instead of hiding inside the baseline (issue 12).
 
 Run: ``python -m benchmarks.empty_server --listen 127.0.0.1:0 --response-bytes 420``;
 it prints ``PORT <n>`` on stdout once it serves.
@@ -13,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gc
+import json
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +32,7 @@ import grpc
 from cds.v1 import order_check_pb2, types_pb2
 
 CHECK_METHOD = "/cds.v1.OrderCheckService/Check"
+ROOT = Path(__file__).resolve().parent.parent
 
 # The national override reasons (国卫医发〔2022〕6号), as the catalogue offers them on a
 # warning: they make up much of a real warning response's bytes.
@@ -87,43 +97,75 @@ def canned_response(size: int | None = None) -> bytes:
 
 
 def server_options() -> tuple[list[tuple[str, Any]], str]:
-    """The channel options cds's own server uses, so both servers run the same stack.
+    """The channel options cds's own server passes to ``grpc.aio.server``, for the
+    options-matched server (the second row; the baseline is the bare server)."""
+    from cds.security.transport import server_options as cds_server_options
 
-    Taken from ``cds.security.transport.server_options()``; otherwise grpc's defaults,
-    which is what a server without options runs. The second value says which, for the
-    results file.
-    """
-    try:
-        from cds.security.transport import server_options as cds_server_options
-    except ImportError:
-        return [], "grpc defaults (cds.security.transport not importable)"
-    return list(cds_server_options()), "cds server options"
+    return list(cds_server_options()), "cds.security.transport.server_options()"
 
 
-def max_concurrent_rpcs() -> int | None:
-    """cds's default cap on concurrent calls, if it has one, so overload behaves alike."""
-    for module in ("cds.config",):
-        try:
-            mod = __import__(module, fromlist=["_"])
-        except ImportError:
-            continue
-        cap = getattr(mod, "DEFAULT_MAX_CONCURRENT_RPCS", None)
-        if isinstance(cap, int):
-            return cap
-    return None
+def max_concurrent_rpcs() -> int:
+    """cds's default cap on concurrent calls, so overload behaves alike."""
+    from cds.config import DEFAULT_MAX_CONCURRENT_RPCS
+
+    return DEFAULT_MAX_CONCURRENT_RPCS
 
 
-async def serve(listen: str, payload: bytes) -> None:
-    async def check(_request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
-        return payload
+def stack_settings(stack: str) -> dict[str, Any]:
+    """What ``grpc.aio.server`` is given for a stack, for the server and the results file.
+
+    ``bare``: nothing at all, grpc's defaults, as the smallest grpc.aio server is built;
+    it is the baseline every ratio is computed against. ``matched``: cds's own channel
+    options and concurrency cap, to show what those settings cost by themselves."""
+    if stack == "bare":
+        return {"stack": "bare", "options": [], "from": "grpc defaults", "cap": None}
+    opts, where = server_options()
+    return {"stack": "matched", "options": opts, "from": where, "cap": max_concurrent_rpcs()}
+
+
+def load_class_responses(path: str | None) -> dict[bytes, bytes]:
+    """``--class-responses FILE``: a JSON list of ``{"request_b64", "response_bytes"}``,
+    each order class's representative request and the size of the service's answer to
+    it. The empty server answers that exact request with a canned response of that size,
+    so a class's row (the all-WARN class answers far more bytes than the mix's mean)
+    compares replies of the same size; any other request gets the default response."""
+    if not path:
+        return {}
+    entries = json.loads(Path(path).read_text())
+    return {
+        base64.b64decode(e["request_b64"]): canned_response(int(e["response_bytes"]))
+        for e in entries
+    }
+
+
+async def serve(
+    listen: str, payload: bytes, stack: str = "bare", by_request: dict[bytes, bytes] | None = None
+) -> None:
+    if by_request:
+        # One dict lookup on the request's bytes (a hash of ~200 bytes, ~0.1 µs against a
+        # call's ~150 µs): the reply is as large as the service's for that class.
+        get = by_request.get
+
+        async def check(request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
+            return get(request, payload)
+
+    else:
+
+        async def check(request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
+            return payload
 
     # No (de)serializers: the request stays bytes, the response is the canned bytes.
     handler = grpc.method_handlers_generic_handler(
         "cds.v1.OrderCheckService",
         {"Check": grpc.unary_unary_rpc_method_handler(check)},
     )
-    options, _ = server_options()
-    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs())
+    settings = stack_settings(stack)
+    if stack == "bare":
+        server = grpc.aio.server()
+    else:
+        server = grpc.aio.server(
+            options=settings["options"], maximum_concurrent_rpcs=settings["cap"]
+        )
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port(listen)
     await server.start()
@@ -141,8 +183,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--response-bytes", type=int, default=None)
+    parser.add_argument(
+        "--stack",
+        choices=("bare", "matched"),
+        default="bare",
+        help="bare: grpc.aio.server() with grpc's defaults; matched: cds's options and cap",
+    )
+    parser.add_argument(
+        "--class-responses",
+        default=None,
+        help="JSON file: per class request, the response size to answer it with",
+    )
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.listen, canned_response(args.response_bytes)))
+    by_request = load_class_responses(args.class_responses)
+    asyncio.run(
+        serve(args.listen, canned_response(args.response_bytes), args.stack, by_request or None)
+    )
     return 0
 
 

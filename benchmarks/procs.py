@@ -46,6 +46,26 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def all_cpus() -> str:
+    return ",".join(str(c) for c in sorted(cpu_set(None)))
+
+
+def cpu_set(cpus: str | None) -> set[int]:
+    """ "0" or "0,1" as a set; None means every CPU of the machine."""
+    if cpus is None:
+        return set(range(os.cpu_count() or 1))
+    return {int(c) for c in cpus.split(",")}
+
+
+def set_cpus(pid: int, cpus: str | None) -> None:
+    """Affinity of every thread of ``pid`` and its descendants (``taskset -a -p``)."""
+    mask = cpu_set(cpus)
+    for p in process_tree(pid):
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError):
+                os.sched_setaffinity(int(task.name), mask)
+
+
 def rss_bytes(pid: int) -> int:
     total = 0
     for p in process_tree(pid):
@@ -99,7 +119,9 @@ class ServerProcess:
     """One server under test; ``stop()`` is always called (context manager)."""
 
     def __init__(self, cmd: list[str], *, cpus: str | None, log: Path, env: dict[str, str]):
-        self.cmd = pinned(cmd, cpus)
+        # None means every CPU, said explicitly: a child would otherwise inherit whatever
+        # mask the runner has at that moment (CPU 1 in the pinned layout).
+        self.cmd = pinned(cmd, cpus if cpus is not None else all_cpus())
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -144,6 +166,14 @@ class ServerProcess:
             tail = self.log_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"server exited {self.proc.returncode}: {self.cmd}\n{tail}")
 
+    def set_cpus(self, cpus: str | None) -> None:
+        """Move every thread of the running process tree to ``cpus`` (None: all CPUs).
+
+        The bench alternates one set of preloaded servers between the pinned and the
+        unpinned layout instead of starting (and preloading) them twice; threads created
+        later inherit their creator's mask, so this is the same as starting there."""
+        set_cpus(self.pid, cpus)
+
     def rss(self) -> int:
         return rss_bytes(self.pid)
 
@@ -169,6 +199,14 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    """The environment that makes ``python -P -m cds`` import ``tree``'s cds (A/B runs
+    serve several source trees side by side; ``-P`` keeps the working directory out)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(tree) + os.pathsep + os.environ.get("AB_EXTRA_PYTHONPATH", "")
+    return env
 
 
 def machine_info() -> dict[str, Any]:

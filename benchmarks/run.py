@@ -1,18 +1,23 @@
-"""``make bench``: every benchmark of issue 4 (and issue 5's rows) in one run, so ratios
-are measured against the same machine state.
+"""``make bench``: every benchmark of issues 4, 5 and 12 in one run, so ratios are
+measured against the same machine state.
 
-Sections (``--only`` picks some, comma-separated; the default is all):
+Sections (``--only`` picks some, comma-separated; the default is all but percall):
   engine   Engine.evaluate alone, µs per order (needs cds.rules.engine and cds.catalog)
-  empty    the empty gRPC server: Python driver ceiling, h2load saturation, open-loop sweep
-  service  cds serve: preload ≥1M results (ingest rate, RSS), h2load, the same sweep
+  empty    the bare (grpc defaults) and options-matched empty gRPC servers
+  service  cds serve: preload ≥1M results (ingest rate, RSS), the all-WARN check, then
+           h2load per order class and open-loop points, alternating with the empty servers
   reload   a 10,000-entry catalogue reloaded during open-loop load (needs service)
-  redis    the Redis store against the in-process one at the same rate (issue 5)
+  redis    the Redis store against the in-process one at the same fixed rate (issue 5)
   workers  --workers 2 against 1, on Redis (issue 5)
+  percall  instructions per Check under callgrind, bare vs service (slow; benchmarks.percall)
 A section whose feature has not landed yet is skipped with the reason in the results.
 
-Layout on 2 cores: the server under test is pinned to CPU 0, the drivers (and this
-runner) to CPU 1, so a driver never steals the server's core. Results go to
-``benchmarks/results/`` (results.json, RESULTS.md, latency_vs_rate.png).
+Two layouts on 2 cores, the same servers moved between them: unpinned (server and
+drivers free on both cores, as a user runs it; the targets are judged there) and pinned
+(server on CPU 0, drivers and this runner on CPU 1). In each, the bare empty server,
+the options-matched one and the service take turns, three rounds, and the targets are
+medians of the rounds' ratios. Results go to ``benchmarks/results/`` (results.json,
+RESULTS.md, latency_vs_rate.png); see benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import subprocess
@@ -45,14 +51,23 @@ from benchmarks import h2load, metrics, report
 from benchmarks.bodies import write_bodies
 from benchmarks.catalog_gen import grow_catalog, synthetic_catalog
 from benchmarks.driver import new_histogram
-from benchmarks.empty_server import canned_response, max_concurrent_rpcs, server_options
-from benchmarks.procs import ServerProcess, core_busy_seconds, free_port, machine_info, pinned
+from benchmarks.empty_server import canned_response, stack_settings
+from benchmarks.procs import (
+    ServerProcess,
+    core_busy_seconds,
+    cpu_set,
+    free_port,
+    machine_info,
+    pinned,
+)
 from benchmarks.workload import (
+    WARN_CLASS,
     CatalogView,
     Order,
     Population,
     build_orders,
     build_population,
+    build_warn_orders,
     grpc_frame,
     load_catalog_json,
     representative_orders,
@@ -61,7 +76,8 @@ from cds.v1 import catalog_admin_pb2, order_check_pb2, types_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CATALOG = ROOT / "catalog" / "catalog.json"
-SECTIONS = ("engine", "empty", "service", "reload", "redis", "workers")
+SECTIONS = ("engine", "empty", "service", "reload", "redis", "workers", "percall")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # percall (valgrind) is slow: only when asked for
 PUT_RESULTS = "/cds.v1.ResultFeedService/PutResults"
 
 
@@ -74,24 +90,43 @@ class Config:
     batch: int = 5_000
     ingest_inflight: int = 4
     orders: int = 20_000
-    point_s: float = 8.0  # measured seconds per open-loop rate
-    warmup_s: float = 2.0
-    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 0.7, 0.85, 1.0, 1.2)
-    h2load_s: float = 4.0
+    warn_orders: int = 2_000  # distinct all-WARN bodies, cycled by the open-loop driver
+    point_s: float = 6.0  # measured seconds per open-loop rate
+    warmup_s: float = 1.0
+    # Open loop: fractions of each server's *own* h2load saturation (mix), and absolute
+    # rates a hospital or a province would send (see report.NEEDS), for every server.
+    own_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    fixed_rates: tuple[float, ...] = (200.0, 1000.0)
+    # bare/matched/service alternated this many times per layout; the targets are medians
+    rounds: int = 3
+    h2load_s: float = 3.0
     h2load_warmup_s: float = 1.0
-    h2load_families: int = 5  # how many order families h2load runs (the mix has 5)
-    ceiling_s: float = 4.0  # Python driver closed loop
+    h2load_families: int = 5  # how many of the mix's order families h2load runs (of 5)
+    h2load_clients: int = 4  # issue 12 measured with -c 4 -m 8
+    h2load_streams: int = 8
+    # an h2load run while other processes took more of the server's cores than this is
+    # "disturbed" and left out of the medians (see h2load_mix)
+    disturbed_cores: float = 0.3
+    ceiling_s: float = 3.0  # Python driver closed loop
     ceiling_concurrency: int = 64
     driver_procs: int = 1
     sample_responses: int = 1_000
+    sample_warn: int = 300
     reload_entries: int = 10_000
-    reload_fraction: float = 0.3  # of the empty server's saturation
+    reload_fraction: float = 0.3  # of the bare empty server's saturation, pinned
     reload_run_s: float = 12.0
     reload_at_s: float = 5.0
     engine_calls: int = 20_000
     engine_repeats: int = 7
     redis_results: int = 1_000_000
     timeout_s: float = 2.0
+    # percall (callgrind): a smaller preload, since the store's size hardly changes the
+    # instructions of one Check but preloading under valgrind is slow
+    percall_results: int = 30_000
+    percall_patients: int = 10_000
+    percall_calls: int = 2_000
+    percall_warmup_calls: int = 200
+    percall_concurrency: int = 4
 
 
 QUICK = Config(
@@ -99,21 +134,29 @@ QUICK = Config(
     patients=1_000,
     batch=1_000,
     orders=200,
+    warn_orders=50,
     point_s=1.0,
     warmup_s=0.3,
-    fractions=(0.2, 0.5),
+    own_fractions=(0.5,),
+    fixed_rates=(200.0,),
+    rounds=1,
     h2load_s=1.0,
     h2load_warmup_s=0.0,
     h2load_families=1,
     ceiling_s=1.0,
     ceiling_concurrency=16,
     sample_responses=100,
+    sample_warn=20,
     reload_entries=500,
     reload_run_s=3.0,
     reload_at_s=1.0,
     engine_calls=500,
     engine_repeats=3,
     redis_results=3_000,
+    percall_results=2_000,
+    percall_patients=500,
+    percall_calls=40,
+    percall_warmup_calls=10,
 )
 
 
@@ -289,7 +332,13 @@ def open_point(
     server_cpu = (server.cpu() - cpu0) / wall if server else None
     server_wait = (server.runqueue_wait() - wait0) / wall if server else None
     core_busy = (core_busy_seconds(env.server_cpus) - core0) / wall
-    others = max(0.0, core_busy - (server_cpu or 0.0)) if env.server_cpus else None
+    driver_cpu = sum(o["driver_cpu_frac"] for o in outs)
+    # What *other* processes took of the server's cores (in cores): unpinned, the server
+    # may run on every core, so the driver's own share is taken off as well.
+    others = None
+    if server_cpu is not None:
+        others = core_busy - server_cpu - (0.0 if env.server_cpus else driver_cpu)
+        others = max(0.0, others)
     hist, from_send = new_histogram(), new_histogram()
     errors: Counter[str] = Counter()
     for o in outs:
@@ -305,7 +354,7 @@ def open_point(
         "late": sum(o["late"] for o in outs),
         "dropped": sum(o["dropped"] for o in outs),
         "max_send_lag_us": max(o["max_send_lag_us"] for o in outs),
-        "driver_cpu_frac": sum(o["driver_cpu_frac"] for o in outs),
+        "driver_cpu_frac": driver_cpu,
         "server_cpu_frac": server_cpu,
         # Server CPU per completed call over the whole point: the least noisy cost figure.
         "server_cpu_us_per_call": (server_cpu * wall / max(1, sum(o["ok"] for o in outs)) * 1e6)
@@ -327,23 +376,6 @@ def open_point(
             for o in outs
         ]
     return point
-
-
-def sweep(
-    env: Env, target: str, bodies: Path, rates: list[float], server: ServerProcess | None
-) -> list[dict[str, Any]]:
-    points = []
-    for rate in rates:
-        pt = open_point(env, target, bodies, rate, server)
-        log(
-            f"  open loop {rate:8.0f}/s: achieved {pt['achieved_rps']:8.0f}/s "
-            f"p50 {pt.get('p50_us', 0) / 1000:6.2f} ms p99 {pt.get('p99_us', 0) / 1000:7.2f} ms "
-            f"late {pt['late']} dropped {pt['dropped']} err {sum(pt['errors'].values())} "
-            f"cpu driver {pt['driver_cpu_frac']:.0%} server {pt['server_cpu_frac'] or 0:.0%} "
-            f"others on server core {pt['server_core_others_frac'] or 0:.0%}"
-        )
-        points.append(pt)
-    return points
 
 
 def python_ceiling(env: Env, target: str, bodies: Path, server: ServerProcess) -> dict[str, Any]:
@@ -381,20 +413,41 @@ def python_ceiling(env: Env, target: str, bodies: Path, server: ServerProcess) -
     return out
 
 
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def h2load_mix(
     env: Env,
     target: str,
     frames: list[tuple[str, Path, float]],
     metrics_listen: str | None,
     *,
-    clients: int = 4,
-    streams: int = 16,
+    clients: int | None = None,
+    streams: int | None = None,
+    server: ServerProcess | None = None,
 ) -> dict[str, Any]:
-    """h2load per order family, combined into the mix's throughput, grpc codes verified."""
+    """h2load once per order class, the mix's throughput from its families, grpc codes
+    verified. ``frames`` are (class, frame file, share of the mix); a class with share 0
+    (the all-WARN class) is a row of its own and not part of the mix.
+
+    With ``server``, each run also records the server's CPU and what other processes
+    took of the server's cores meanwhile; a run where they took more than
+    ``cfg.disturbed_cores`` (or that measured nothing) is marked not ``valid``: on this
+    shared machine a neighbour can take the server's core for whole seconds (a bare
+    server measured 2 req/s once), and such a run measures the neighbour. The mix is
+    valid when all its families are."""
     cfg = env.cfg
+    clients = cfg.h2load_clients if clients is None else clients
+    streams = cfg.h2load_streams if streams is None else streams
     before = metrics.check_codes(metrics_listen) if metrics_listen else None
     fams = []
-    for name, path, share in frames[: cfg.h2load_families]:
+    for name, path, share in frames:
+        cpu0 = server.cpu() if server else 0.0
+        core0 = core_busy_seconds(env.server_cpus)
+        kids0 = _children_cpu()
+        t0 = time.monotonic()
         r = h2load.run(
             target,
             path,
@@ -404,15 +457,33 @@ def h2load_mix(
             streams=streams,
             cpus=env.driver_cpus,
         )
+        wall = time.monotonic() - t0
         r.update(family=name, share=share)
+        valid = bool(r.get("rps")) and "error" not in r
+        if server is not None:
+            server_cpu = (server.cpu() - cpu0) / wall
+            h2_cpu = (_children_cpu() - kids0) / wall
+            busy = (core_busy_seconds(env.server_cpus) - core0) / wall
+            others = max(0.0, busy - server_cpu - (0.0 if env.server_cpus else h2_cpu))
+            r.update(server_cpu_frac=server_cpu, h2load_cpu_frac=h2_cpu, others_cores=others)
+            valid = valid and others <= cfg.disturbed_cores
+        r["valid"] = valid
         fams.append(r)
-        log(f"  h2load {name:10s}: {r.get('rps', 0):8.0f}/s failed {r.get('failed')}")
+        log(
+            f"  h2load {name:10s}: {r.get('rps', 0):8.0f}/s failed {r.get('failed')}"
+            + (f" others {r['others_cores']:.2f} cores" if "others_cores" in r else "")
+            + ("" if valid else "  DISTURBED: not counted")
+        )
     after = metrics.check_codes(metrics_listen) if metrics_listen else None
+    mix = [(f["family"], f["share"], f.get("rps", 0)) for f in fams if f["share"] > 0]
     out: dict[str, Any] = {
         "connections": clients,
         "streams_per_connection": streams,
         "families": fams,
-        "mix_rps": h2load.mix_rps([(f["family"], f["share"], f.get("rps", 0)) for f in fams]),
+        "rps": {f["family"]: f.get("rps", 0.0) for f in fams},
+        "valid": {f["family"]: f["valid"] for f in fams},
+        "mix_rps": h2load.mix_rps(mix),
+        "mix_valid": all(f["valid"] for f in fams if f["share"] > 0),
         "http_failed": sum(f.get("failed", 0) + f.get("errored", 0) for f in fams),
     }
     if before is not None and after is not None:
@@ -474,10 +545,23 @@ def profile_point(
         _, err = spy.communicate(timeout=60)
     if spy.returncode != 0 or not raw.exists():
         return {"error": err[-1000:]}
+    shares = profile_shares(raw)
+    log(f"  profile ({name}): {shares['samples']} samples -> {raw.name}")
+    for t in shares["top_own"][:8]:
+        log(f"    {t['share']:5.1%} {t['frame']}")
+    return {"file": raw.name, "rate": rate, **shares}
+
+
+def profile_shares(raw: Path, top: int = 25) -> dict[str, Any]:
+    """From py-spy's collapsed stacks: the top frames by own samples, every function by
+    inclusive samples (each counted once per stack, line numbers dropped), and cds's own
+    functions inclusive, outside the CLI's entry frames."""
     own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()  # cds's own frames, counted once per stack
+    inclusive: Counter[str] = Counter()
+    cds_inclusive: Counter[str] = Counter()
     total = 0
-    for line in raw.read_text().splitlines():
+    text = raw.read_text() if raw.exists() else ""
+    for line in text.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
@@ -485,46 +569,58 @@ def profile_point(
         total += n
         frames = stack.split(";")
         own[frames[-1]] += n
-        # by function (line numbers dropped), outside the CLI's entry frames
-        funcs = {re.sub(r":\d+\)$", ")", f) for f in frames if "(cds/" in f}
+        funcs = {re.sub(r":\d+\)$", ")", f) for f in frames}
         for func in funcs:
-            if "cds/cli.py" not in func and "cds/__main__.py" not in func:
-                inclusive[func] += n
-    top = (
-        [{"frame": frame, "share": n / total} for frame, n in own.most_common(25)] if total else []
-    )
-    top_cds = (
-        [{"frame": f, "share": n / total} for f, n in inclusive.most_common(25)] if total else []
-    )
-    log(f"  profile ({name}): {total} samples -> {raw.name}")
-    for t in top[:8]:
-        log(f"    {t['share']:5.1%} {t['frame']}")
+            inclusive[func] += n
+            if "(cds/" in func and "cds/cli.py" not in func and "cds/__main__.py" not in func:
+                cds_inclusive[func] += n
+
+    def rows(c: Counter[str]) -> list[dict[str, Any]]:
+        return [{"frame": f, "share": n / total} for f, n in c.most_common(top)] if total else []
+
     return {
-        "file": raw.name,
         "samples": total,
-        "rate": rate,
-        "top_own": top,
-        "top_cds_inclusive": top_cds,
+        "top_own": rows(own),
+        "top_inclusive": rows(inclusive),
+        "top_cds_inclusive": rows(cds_inclusive),
     }
 
 
 # --------------------------------------------------------------------------- service
 
 
+RETRYABLE = (
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
+
+
 async def _ingest(target: str, batches: list[bytes], inflight: int) -> dict[str, Any]:
+    """PutResults as a feed would send them: a batch the server asks to retry (its store
+    did not answer within the deadline cap, or it is shedding load) is sent again, up
+    to 5 times, and the retries are counted (and their time is in the rate)."""
     from cds.v1 import result_feed_pb2
 
-    accepted = rejected = 0
+    accepted = rejected = retries = 0
     errors: list[str] = []
     async with grpc.aio.insecure_channel(target) as ch:
         call = ch.unary_unary(PUT_RESULTS)
         queue = list(reversed(batches))
 
         async def worker() -> None:
-            nonlocal accepted, rejected
+            nonlocal accepted, rejected, retries
             while queue:
                 body = queue.pop()
-                raw = await call(body, timeout=120)
+                for attempt in range(6):
+                    try:
+                        raw = await call(body, timeout=120)
+                        break
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() not in RETRYABLE or attempt == 5:
+                            raise
+                        retries += 1
+                        await asyncio.sleep(0.2 * (attempt + 1))
                 resp = result_feed_pb2.PutResultsResponse.FromString(raw)
                 accepted += resp.accepted
                 rejected += resp.rejected
@@ -533,7 +629,13 @@ async def _ingest(target: str, batches: list[bytes], inflight: int) -> dict[str,
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(inflight)))
         wall = time.perf_counter() - t0
-    return {"accepted": accepted, "rejected": rejected, "errors": errors, "seconds": wall}
+    return {
+        "accepted": accepted,
+        "rejected": rejected,
+        "retried_batches": retries,
+        "errors": errors,
+        "seconds": wall,
+    }
 
 
 def preload(
@@ -602,6 +704,80 @@ def sample_responses(target: str, orders: list[Order], n: int) -> dict[str, Any]
     }
 
 
+def class_responses(target: str, frames: list[tuple[str, bytes]]) -> dict[str, dict[str, Any]]:
+    """Each class's representative body through a real stub once: the decision and size
+    it answers with (the empty servers answer that body with as many bytes)."""
+    from cds.v1 import order_check_pb2_grpc
+
+    out: dict[str, dict[str, Any]] = {}
+    with grpc.insecure_channel(target) as ch:
+        stub = order_check_pb2_grpc.OrderCheckServiceStub(ch)
+        for name, body in frames:
+            resp = stub.Check(order_check_pb2.CheckRequest.FromString(body), timeout=5)
+            out[name] = {
+                "request_bytes": len(body),
+                "response_bytes": resp.ByteSize(),
+                "decision": types_pb2.Decision.Name(resp.decision),
+                "reasons": sorted({r.code for item in resp.items for r in item.reasons}),
+            }
+    return out
+
+
+def check_warn_class(
+    target: str, orders: list[Order], n: int, decision_log: Path | None
+) -> dict[str, Any]:
+    """Is the all-WARN class what it claims? Every sampled call must answer WARN and its
+    decision must reach the decision log (found there by ``decision_id``), so the class
+    really measures a decision-log record per call."""
+    from cds.v1 import order_check_pb2_grpc
+
+    decisions: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    ids: list[str] = []
+    sizes: list[int] = []
+    with grpc.insecure_channel(target) as ch:
+        stub = order_check_pb2_grpc.OrderCheckServiceStub(ch)
+        for o in orders[:n]:
+            resp = stub.Check(order_check_pb2.CheckRequest.FromString(o.body), timeout=5)
+            decisions[types_pb2.Decision.Name(resp.decision)] += 1
+            reasons.update({r.code for item in resp.items for r in item.reasons})
+            sizes.append(resp.ByteSize())
+            if resp.decision == types_pb2.DECISION_WARN:
+                ids.append(resp.decision_id)
+    logged = 0
+    if decision_log is not None:
+        # The log's writer gathers records for a few tens of ms before it writes.
+        deadline = time.monotonic() + 10
+        wanted = set(ids)
+        while True:
+            found = set()
+            for path in sorted(decision_log.parent.glob(decision_log.name + "*")):
+                with contextlib.suppress(OSError):
+                    for line in path.read_bytes().splitlines():
+                        rec = json.loads(line)
+                        if rec.get("type") == "decision" and rec.get("decision_id") in wanted:
+                            found.add(rec["decision_id"])
+            logged = len(found)
+            if logged == len(wanted) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    sampled = sum(decisions.values())
+    return {
+        "sampled": sampled,
+        "decisions": dict(decisions),
+        "reasons": dict(reasons),
+        "warn": decisions.get("DECISION_WARN", 0),
+        "logged": logged,
+        "decision_log": str(decision_log) if decision_log else None,
+        "mean_response_bytes": sum(sizes) / len(sizes) if sizes else 0,
+        "ok": bool(sampled) and decisions.get("DECISION_WARN", 0) == sampled == logged,
+    }
+
+
+def decision_log_path(env: Env, port: int) -> Path:
+    return env.tmp / f"decisions-{port}.jsonl"
+
+
 def cds_command(env: Env, catalog: Path, port: int, mport: int, extra: list[str]) -> list[str]:
     cmd = [
         sys.executable,
@@ -619,7 +795,7 @@ def cds_command(env: Env, catalog: Path, port: int, mport: int, extra: list[str]
         cmd += ["--max-results", str(max(2 * env.cfg.results, 100_000))]
     if "--decision-log" in env.serve_flags:
         # Keep the default behaviour (WARN/BLOCK decisions are logged) but not in the tree.
-        cmd += ["--decision-log", str(env.tmp / f"decisions-{port}.jsonl")]
+        cmd += ["--decision-log", str(decision_log_path(env, port))]
     return cmd + extra
 
 
@@ -771,12 +947,251 @@ class RedisServer:
 # --------------------------------------------------------------------------- main
 
 
-def rates_for(saturation: float, fractions: tuple[float, ...]) -> list[float]:
-    rates = {round(saturation * f) for f in fractions} | {round(saturation * 0.5)}
-    return sorted(r for r in rates if r >= 10)
+SERVERS = ("bare", "matched", "service")
+# name -> (server CPUs, driver CPUs); unpinned first: it is how a user runs the service,
+# and the layout the targets are judged in.
+LAYOUTS: dict[str, tuple[str | None, str | None]] = {
+    "unpinned": (None, None),
+    "pinned": ("0", "1"),
+}
 
 
-def run(env: Env, only: set[str], res: dict[str, Any]) -> None:
+@dataclass
+class Under:
+    """One server under test in the comparison: a process, where it listens, its metrics."""
+
+    name: str  # bare | matched | service
+    proc: ServerProcess
+    target: str
+    metrics: str | None = None
+
+
+def layout_env(env: Env, layout: str) -> Env:
+    server_cpus, driver_cpus = LAYOUTS[layout]
+    if env.server_cpus is None and layout == "pinned":
+        return env  # pinning impossible here (one CPU, no taskset): say so in the results
+    return replace(env, server_cpus=server_cpus, driver_cpus=driver_cpus)
+
+
+def own_rates(saturation: float, cfg: Config) -> list[dict[str, Any]]:
+    """The open-loop points of one server: fractions of its own capacity and the fixed
+    hospital rates, each labelled with what it is."""
+    pts = [
+        {"rate": round(saturation * f), "label": f"{f:.0%} of own capacity", "fraction": f}
+        for f in cfg.own_fractions
+    ]
+    pts += [{"rate": round(r), "label": f"fixed {r:,.0f}/s", "fixed": r} for r in cfg.fixed_rates]
+    return [p for p in sorted(pts, key=lambda p: p["rate"]) if p["rate"] >= 10]
+
+
+def median(xs: list[float]) -> float:
+    return float(np.median(xs)) if xs else 0.0
+
+
+def measure_layout(
+    env: Env,
+    layout: str,
+    servers: list[Under],
+    frames: list[tuple[str, Path, float]],
+    bodies: Path,
+    warn_bodies: Path | None,
+) -> dict[str, Any]:
+    """Every server of the comparison in one layout, in alternation.
+
+    The h2load rows run round by round (bare, matched, service; again; again) so drift
+    on a shared machine hits every server alike, and each ratio is the median of the
+    rounds' ratios. The open-loop point at half the bare server's saturation (the p99
+    target) alternates the same way; the other points (fractions of each server's own
+    capacity, the fixed rates) run once per server."""
+    cfg = env.cfg
+    lay: dict[str, Any] = {
+        "server_cpus": env.server_cpus,
+        "driver_cpus": env.driver_cpus,
+        "pinned": env.server_cpus is not None,
+    }
+    log(
+        f"layout {layout}: server CPUs {env.server_cpus or 'all'}, "
+        f"driver CPUs {env.driver_cpus or 'all'}"
+    )
+    for s in servers:
+        s.proc.set_cpus(env.server_cpus)
+    os.sched_setaffinity(0, cpu_set(env.driver_cpus))  # the runner goes with the drivers
+    use_h2load = env.features.get("h2load") is True
+
+    lay["python_closed"] = {}
+    for s in servers:
+        log(f"  {s.name}: python driver closed loop")
+        lay["python_closed"][s.name] = python_ceiling(env, s.target, bodies, s.proc)
+
+    rounds: list[dict[str, Any]] = []
+    if use_h2load:
+        for r in range(cfg.rounds):
+            row = {}
+            for s in servers:
+                log(f"  round {r + 1}/{cfg.rounds}: h2load {s.name}")
+                row[s.name] = h2load_mix(env, s.target, frames, s.metrics, server=s.proc)
+            rounds.append(row)
+    lay["h2load_rounds"] = rounds
+    sat: dict[str, float] = {}
+    per_class: dict[str, dict[str, float]] = {}
+    counted: dict[str, dict[str, int]] = {}
+
+    def value(row: dict[str, Any], server: str, cls: str) -> float | None:
+        """A round's figure for a class ("mix" too), or None if that run was disturbed."""
+        h = row[server]
+        if cls == "mix":
+            return h["mix_rps"] if h.get("mix_valid", True) and h["mix_rps"] else None
+        ok = h.get("valid", {}).get(cls, True) and h["rps"].get(cls)
+        return h["rps"][cls] if ok else None
+
+    classes = [*rounds[0][servers[0].name]["rps"], "mix"] if rounds else []
+    for s in servers:
+        if rounds:
+            vals = {
+                c: [v for row in rounds if (v := value(row, s.name, c)) is not None]
+                for c in classes
+            }
+            per_class[s.name] = {c: median(v) if v else None for c, v in vals.items() if c != "mix"}
+            sat[s.name] = median(vals["mix"]) if vals["mix"] else 0.0
+            counted[s.name] = {c: len(v) for c, v in vals.items()}
+        else:
+            sat[s.name] = lay["python_closed"][s.name]["rps"]
+    lay["saturation_rps"] = sat
+    lay["saturation_from"] = (
+        f"h2load mix, median of the undisturbed of {len(rounds)} rounds"
+        if rounds
+        else "python driver (no h2load)"
+    )
+    lay["h2load_median"] = per_class
+    lay["h2load_counted_rounds"] = counted
+    if rounds and "bare" in sat:
+        # Ratios per round, then the median: each round's servers saw the same neighbours.
+        # A round counts for a class only when neither side of its ratio was disturbed.
+        ratios: dict[str, dict[str, list[float]]] = {}
+        for s in servers:
+            if s.name == "bare":
+                continue
+            rs: dict[str, list[float]] = {}
+            for c in classes:
+                rs[c] = []
+                for row in rounds:
+                    b, x = value(row, "bare", c), value(row, s.name, c)
+                    if b and x:
+                        rs[c].append(x / b)
+            ratios[s.name] = rs
+        lay["ratios_vs_bare"] = {
+            n: {c: {"rounds": v, "median": median(v) if v else None} for c, v in rs.items()}
+            for n, rs in ratios.items()
+        }
+
+    half = round(sat.get("bare", 0) * 0.5)
+    lay["half_rate"] = half
+    lay["half"] = {s.name: [] for s in servers}
+    if half >= 10:
+        for r in range(cfg.rounds):
+            for s in servers:
+                log(f"  round {r + 1}/{cfg.rounds}: {s.name} at half the bare saturation")
+                pt = safe_point(env, s.target, bodies, half, s.proc)
+                lay["half"][s.name].append(pt)
+        lay["half_median"] = {
+            n: {
+                k: median([p[k] for p in pts if p.get(k) is not None and not p.get("disturbed")])
+                for k in ("p50_us", "p99_us", "p999_us", "server_cpu_us_per_call")
+            }
+            for n, pts in lay["half"].items()
+        }
+
+    lay["open"] = {}
+    for s in servers:
+        pts = []
+        for spec in own_rates(sat.get(s.name, 0), cfg):
+            log(f"  {s.name}: open loop {spec['label']}")
+            pt = safe_point(env, s.target, bodies, spec["rate"], s.proc)
+            pts.append(pt | {k: v for k, v in spec.items() if k != "rate"})
+        lay["open"][s.name] = pts
+    svc = next((s for s in servers if s.name == "service"), None)
+    if svc is not None and warn_bodies is not None:
+        # The worst case at the rates a hospital sends: every call a WARN and a log record.
+        pts = []
+        for r in cfg.fixed_rates:
+            log(f"  service: all-WARN class open loop at {r:.0f}/s")
+            pt = safe_point(env, svc.target, warn_bodies, r, svc.proc)
+            pts.append(pt | {"label": f"fixed {r:,.0f}/s", "fixed": r})
+        lay["warn_open"] = pts
+    return lay
+
+
+def safe_point(
+    env: Env, target: str, bodies: Path, rate: float, server: ServerProcess
+) -> dict[str, Any]:
+    """An open-loop point whose driver failure is recorded as the point, not raised: one
+    starved point on a busy machine should not throw away a 20-minute run."""
+    try:
+        pt = open_point(env, target, bodies, rate, server)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        log(f"    {rate:8.0f}/s: driver failed: {str(exc)[-300:]}")
+        return {
+            "offered_rps": rate,
+            "achieved_rps": 0.0,
+            "count": 0,
+            "failed": str(exc)[-2000:],
+            "errors": {"driver failed": 1},
+            "late": 0,
+            "dropped": 0,
+            "driver_cpu_frac": 0.0,
+            "disturbed": True,
+        }
+    pt["disturbed"] = (pt.get("server_core_others_frac") or 0.0) > env.cfg.disturbed_cores
+    _log_point(pt)
+    return pt
+
+
+def _log_point(pt: dict[str, Any]) -> None:
+    log(
+        f"    {pt['offered_rps']:8.0f}/s: achieved {pt['achieved_rps']:8.0f}/s "
+        f"p50 {pt.get('p50_us', 0) / 1000:6.2f} ms p99 {pt.get('p99_us', 0) / 1000:7.2f} ms "
+        f"late {pt['late']} dropped {pt['dropped']} err {sum(pt['errors'].values())} "
+        f"cpu driver {pt['driver_cpu_frac']:.0%} server {pt['server_cpu_frac'] or 0:.0%} "
+        f"others {pt['server_core_others_frac'] or 0:.2f} cores"
+        + ("  DISTURBED" if pt.get("disturbed") else "")
+    )
+
+
+def start_empty(
+    env: Env, stack: str, response_bytes: int | None, class_map: Path | None
+) -> tuple[ServerProcess, str]:
+    cmd = [sys.executable, "-m", "benchmarks.empty_server", "--listen", "127.0.0.1:0"]
+    cmd += ["--stack", stack]
+    if response_bytes:
+        cmd += ["--response-bytes", str(response_bytes)]
+    if class_map is not None:
+        cmd += ["--class-responses", str(class_map)]
+    proc = ServerProcess(
+        cmd, cpus=None, log=env.tmp / f"empty-{stack}.log", env=env.subprocess_env()
+    )
+    try:
+        return proc, f"127.0.0.1:{proc.wait_port_line()}"
+    except BaseException:
+        proc.stop()
+        raise
+
+
+def write_class_map(path: Path, frames: list[tuple[str, bytes]], sizes: dict[str, Any]) -> Path:
+    """For the empty servers: each class's representative request and the size of the
+    service's answer to it, so a class's row compares replies of the same size."""
+    entries = [
+        {
+            "request_b64": base64.b64encode(body).decode(),
+            "response_bytes": sizes[n]["response_bytes"],
+        }
+        for n, body in frames
+        if n in sizes
+    ]
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def run(env: Env, only: set[str], res: dict[str, Any], layouts: list[str]) -> None:
     """Fill ``res`` section by section, so a failure part-way still leaves what was measured."""
     cfg = env.cfg
     res |= {
@@ -786,16 +1201,15 @@ def run(env: Env, only: set[str], res: dict[str, Any]) -> None:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
         "config": asdict(cfg),
-        "layout": {"server_cpus": env.server_cpus, "driver_cpus": env.driver_cpus},
+        "layouts_run": layouts,
         "skipped": {},
     }
     detect(env)
     res["features"] = {k: v is True for k, v in env.features.items()}
-    opts, where = server_options()
-    res["empty_server_options"] = {
-        "from": where,
-        "options": [list(o) for o in opts],
-        "maximum_concurrent_rpcs": max_concurrent_rpcs(),
+    res["empty_servers"] = {
+        stack: {k: (v if k != "options" else [list(o) for o in v]) for k, v in st.items()}
+        for stack in ("bare", "matched")
+        for st in [stack_settings(stack)]
     }
 
     def skip(section: str, why: str) -> None:
@@ -807,6 +1221,8 @@ def run(env: Env, only: set[str], res: dict[str, Any]) -> None:
             skip(s, str(env.features[s]))
     if "reload" in only and env.features["service"] is not True:
         skip("reload", str(env.features["service"]))
+    if "percall" in only and not shutil.which("valgrind"):
+        skip("percall", "valgrind not on PATH (apt-get install valgrind)")
     want = {s for s in only if s not in res["skipped"]}
     if "redis" in want:
         want.add("service")  # its added latency is against the in-process store, same run
@@ -826,64 +1242,103 @@ def run(env: Env, only: set[str], res: dict[str, Any]) -> None:
     active_catalog.write_text(json.dumps(catalog_json, ensure_ascii=False), encoding="utf-8")
 
     if "engine" in want:
-        log("engine micro-benchmark")
-        cmd = pinned(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.engine_bench",
-                "--catalog",
-                str(active_catalog),
-                "--calls",
-                str(cfg.engine_calls),
-                "--repeats",
-                str(cfg.engine_repeats),
-                "--warmup",
-                str(max(100, cfg.engine_calls // 4)),
-            ],
-            env.server_cpus,
-        )
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=env.subprocess_env(), timeout=600
-        )
-        if proc.returncode == 0:
-            res["engine"] = json.loads(proc.stdout)
-            for name, c in res["engine"]["cases"].items():
-                log(f"  {name}: {c['median_us']:.1f} µs")
-        else:
-            res["engine"] = {"error": proc.stderr[-3000:]}
-            log(f"  engine benchmark failed:\n{proc.stderr[-1500:]}")
+        run_engine(env, res, active_catalog)
 
     load_sections = want & {"empty", "service", "reload", "redis", "workers"}
-    if not load_sections:
-        return
+    if load_sections:
+        run_load(env, res, want, layouts, catalog_json, active_catalog)
+    if "percall" in want:
+        from benchmarks import percall
+
+        try:
+            res["percall"] = percall.section(env, catalog_json)
+        except Exception:
+            res.setdefault("section_errors", {})["percall"] = traceback.format_exc()[-3000:]
+            log(f"percall failed:\n{res['section_errors']['percall']}")
+
+
+def run_engine(env: Env, res: dict[str, Any], active_catalog: Path) -> None:
+    cfg = env.cfg
+    log("engine micro-benchmark")
+    cmd = pinned(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.engine_bench",
+            "--catalog",
+            str(active_catalog),
+            "--calls",
+            str(cfg.engine_calls),
+            "--repeats",
+            str(cfg.engine_repeats),
+            "--warmup",
+            str(max(100, cfg.engine_calls // 4)),
+        ],
+        LAYOUTS["pinned"][0] if env.server_cpus is not None else None,
+    )
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=env.subprocess_env(), timeout=600
+    )
+    if proc.returncode == 0:
+        res["engine"] = json.loads(proc.stdout)
+        for name, c in res["engine"]["cases"].items():
+            log(f"  {name}: {c['median_us']:.1f} µs")
+    else:
+        res["engine"] = {"error": proc.stderr[-3000:]}
+        log(f"  engine benchmark failed:\n{proc.stderr[-1500:]}")
+
+
+def run_load(
+    env: Env,
+    res: dict[str, Any],
+    want: set[str],
+    layouts: list[str],
+    catalog_json: dict[str, Any],
+    active_catalog: Path,
+) -> None:
+    """The servers compared (bare, matched, service), layout by layout, then reload,
+    Redis and workers."""
+    cfg = env.cfg
     view = CatalogView.of(catalog_json)
     log(f"building workload: {cfg.results} results over {cfg.patients} patients")
     t0 = time.perf_counter()
     pop = build_population(view, cfg.results, cfg.patients, batch_size=cfg.batch)
     orders = build_orders(view, pop, cfg.orders)
+    warn_orders = build_warn_orders(view, pop, cfg.warn_orders)
     res["workload"] = {
         "build_s": time.perf_counter() - t0,
         "orders": len(orders),
         "mix": dict(Counter(o.kind for o in orders).most_common()),
         "mean_request_bytes": sum(len(o.body) for o in orders) / len(orders),
+        "warn_orders": len(warn_orders),
     }
     bodies = env.tmp / "orders.bin"
     write_bodies(bodies, [o.body for o in orders])
+    warn_bodies = None
+    if warn_orders:
+        warn_bodies = env.tmp / "orders-all-warn.bin"
+        write_bodies(warn_bodies, [o.body for o in warn_orders])
+    reps = representative_orders(orders)[: cfg.h2load_families]
+    class_bodies = [(family, body) for family, body, _ in reps]
+    if warn_orders:
+        class_bodies.append((WARN_CLASS, warn_orders[0].body))
+    shares = {family: share for family, _, share in reps}
     frames = []
-    for family, body, share in representative_orders(orders):
+    for family, body in class_bodies:
         path = env.tmp / f"h2load-{family}.bin"
         path.write_bytes(grpc_frame(body))
-        frames.append((family, path, share))
-    use_h2load = env.features["h2load"] is True
+        frames.append((family, path, shares.get(family, 0.0)))
+    res["h2load_classes"] = {f: {"share_of_mix": s} for f, _, s in frames}
 
-    service = svc_target = svc_metrics = None
-    response_bytes: int | None = None
+    servers: list[Under] = []
+    service: ServerProcess | None = None
     try:
+        response_bytes: int | None = None
+        class_map: Path | None = None
         if want & {"service", "reload"}:
             log("service: start, preload")
             service, svc_target, svc_metrics = start_service(
-                env, active_catalog, "service", cpus=env.server_cpus
+                env, active_catalog, "service", cpus=None
             )
             svc = res["service"] = {"command": " ".join(service.cmd)}
             svc["rss_idle_bytes"] = service.rss()
@@ -894,47 +1349,55 @@ def run(env: Env, only: set[str], res: dict[str, Any]) -> None:
                 f"  responses: mean {svc['responses']['mean_bytes']:.0f} B, "
                 f"decisions {svc['responses']['decisions']}"
             )
+            svc["classes"] = class_responses(svc_target, class_bodies)
+            class_map = write_class_map(
+                env.tmp / "class-responses.json", class_bodies, svc["classes"]
+            )
+            if warn_orders:
+                port = int(svc_target.rsplit(":", 1)[1])
+                log_path = decision_log_path(env, port) if "--decision-log" in service.cmd else None
+                svc["warn_check"] = check_warn_class(
+                    svc_target, warn_orders, cfg.sample_warn, log_path
+                )
+                wc = svc["warn_check"]
+                log(
+                    f"  all-WARN class: {wc['warn']}/{wc['sampled']} WARN, "
+                    f"{wc['logged']} found in the decision log"
+                )
+            servers.append(Under("service", service, svc_target, svc_metrics))
 
-        # The baseline: always measured when any load section runs (ratios need it).
-        log(f"empty server (response {response_bytes or 'default'} bytes)")
-        payload = canned_response(response_bytes)
-        cmd = [sys.executable, "-m", "benchmarks.empty_server", "--listen", "127.0.0.1:0"]
-        if response_bytes:
-            cmd += ["--response-bytes", str(response_bytes)]
-        emp = res["empty"] = {"response_bytes": len(payload)}
-        with ServerProcess(
-            cmd, cpus=env.server_cpus, log=env.tmp / "empty.log", env=env.subprocess_env()
-        ) as empty:
-            target = f"127.0.0.1:{empty.wait_port_line()}"
-            emp["rss_idle_bytes"] = empty.rss()
-            emp["python_closed"] = python_ceiling(env, target, bodies, empty)
-            if use_h2load:
-                emp["h2load"] = h2load_mix(env, target, frames, None)
-                saturation = emp["h2load"]["mix_rps"]
-                emp["saturation_from"] = "h2load"
-            else:
-                saturation = emp["python_closed"]["rps"]
-                emp["saturation_from"] = "python driver (no h2load)"
-            emp["saturation_rps"] = saturation
-            rates = rates_for(saturation, cfg.fractions)
-            res["rates"] = rates
-            res["half_rate"] = round(saturation * 0.5)
-            emp["open"] = sweep(env, target, bodies, rates, empty)
+        res["servers"] = {}
+        for stack in ("bare", "matched"):
+            log(f"{stack} empty server (response {response_bytes or 'default'} bytes)")
+            proc, target = start_empty(env, stack, response_bytes, class_map)
+            servers.insert(len(servers) - (1 if service else 0), Under(stack, proc, target))
+            res["servers"][stack] = {
+                "command": " ".join(proc.cmd),
+                "response_bytes": len(canned_response(response_bytes)),
+                "rss_idle_bytes": proc.rss(),
+            }
+        res["layouts"] = {}
+        for layout in layouts:
+            lenv = layout_env(env, layout)
+            res["layouts"][layout] = measure_layout(
+                lenv, layout, servers, frames, bodies, warn_bodies if service else None
+            )
+        # The empty servers are done; the rest runs pinned (as the results of record did)
+        for s in servers:
+            if s.name != "service":
+                s.proc.stop()
+        servers = [s for s in servers if s.name == "service"]
 
+        penv = layout_env(env, "pinned")
+        base = res["layouts"].get("pinned") or res["layouts"][layouts[0]]
         if service is not None:
-            log("service: load")
-            res["service_pid"] = service.pid
+            service.set_cpus(penv.server_cpus)
+            os.sched_setaffinity(0, cpu_set(penv.driver_cpus))
             svc = res["service"]
-            assert svc_target is not None and svc_metrics is not None
-            svc["python_closed"] = python_ceiling(env, svc_target, bodies, service)
-            if use_h2load:
-                svc["h2load"] = h2load_mix(env, svc_target, frames, svc_metrics)
-            if "service" in want:
-                svc["open"] = sweep(env, svc_target, bodies, res["rates"], service)
             svc["rss_after_load_bytes"] = service.rss()
-            if env.profile:
+            if env.profile and base.get("half_rate"):
                 svc["profile"] = profile_point(
-                    env, svc_target, bodies, res["half_rate"], service, "service"
+                    penv, svc_target, bodies, base["half_rate"], service, "service"
                 )
             if "reload" in want:
                 log("reload under load")
@@ -946,23 +1409,33 @@ def run(env: Env, only: set[str], res: dict[str, Any]) -> None:
                     ),
                     encoding="utf-8",
                 )
-                rate = max(20.0, round(res["empty"]["saturation_rps"] * cfg.reload_fraction))
+                rate = max(20.0, round(base["saturation_rps"]["bare"] * cfg.reload_fraction))
                 res["reload"] = reload_under_load(
-                    env, svc_target, active_catalog, big, bodies, rate, service
+                    penv, svc_target, active_catalog, big, bodies, rate, service
                 )
             service.stop()
             service = None
+            servers = []
 
         if want & {"redis", "workers"}:
-            run_redis_sections(env, res, want, active_catalog, pop, bodies, frames)
+            # Issue 5's rows are apart from the comparison above: a failure there is
+            # recorded and the run goes on to the next section.
+            try:
+                run_redis_sections(penv, res, want, active_catalog, pop, bodies, frames)
+            except Exception:
+                res.setdefault("section_errors", {})["redis"] = traceback.format_exc()[-3000:]
+                log(f"redis/workers failed, going on:\n{res['section_errors']['redis']}")
     finally:
-        if service is not None:
+        if service is not None:  # before stopping anything: did it die on its own?
             code = service.proc.poll()
             if code is not None:
                 res["service_exit"] = (
                     f"the service exited ({code}) during the run; log tail: "
                     + service.log_path.read_text(errors="replace")[-600:]
                 )
+        for s in servers:
+            s.proc.stop()
+        if service is not None:
             service.stop()
 
 
@@ -976,8 +1449,11 @@ def run_redis_sections(
     frames: list[tuple[str, Path, float]],
 ) -> None:
     """Issue 5's rows: one redis-server (on the driver's core) preloaded once, then the
-    Redis-store service at the in-process run's half rate, then 1 and 2 workers."""
+    Redis-store service at the highest fixed rate (1,000/s: a rate both stores carry, so
+    the difference is the store and not a queue), then 1 and 2 workers. Pinned layout,
+    except the workers, which need both cores."""
     cfg = env.cfg
+    frames = [f for f in frames if f[2] > 0]  # the mix's families only
     if pop.n_results > cfg.redis_results:
         pop = replace(pop, batches=pop.batches[: max(1, cfg.redis_results // cfg.batch)])
     log("redis: start redis-server, preload through the service")
@@ -996,13 +1472,14 @@ def run_redis_sections(
                 1, r["ingest"]["accepted"]
             )
             if "redis" in want:
-                rate = res.get("half_rate") or 100
-                r["open_half_rate"] = open_point(env, target, bodies, rate, server)
+                rate = cfg.fixed_rates[-1] if cfg.fixed_rates else 100.0
+                r["open_fixed_rate"] = safe_point(env, target, bodies, rate, server)
                 if env.features["h2load"] is True:
                     r["h2load"] = h2load_mix(env, target, frames, mlisten)
         finally:
             server.stop()
         if "workers" in want:
+            os.sched_setaffinity(0, cpu_set(None))  # h2load inherits it: both cores too
             w = res["workers"] = {}
             for n in (1, 2):
                 log(f"workers: {n} on Redis (unpinned: they need both cores)")
@@ -1031,11 +1508,26 @@ def run_redis_sections(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default=",".join(SECTIONS), help=f"sections: {','.join(SECTIONS)}")
+    p.add_argument(
+        "--only",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"sections: {','.join(SECTIONS)} (default all but percall)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny scale (the smoke test)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--driver-procs", type=int, default=None, help="open-loop driver processes")
-    p.add_argument("--no-pin", action="store_true", help="do not pin server/driver to cores")
+    p.add_argument(
+        "--layouts",
+        default=",".join(LAYOUTS),
+        help="unpinned (both processes on every core, as a user runs it), pinned (server "
+        "on CPU 0, drivers on CPU 1); default both",
+    )
+    p.add_argument("--no-pin", action="store_true", help="the unpinned layout only")
+    p.add_argument(
+        "--note",
+        default=None,
+        help='a banner for the top of RESULTS.md, e.g. "provisional: measured on a busy machine"',
+    )
     p.add_argument(
         "--profile",
         action="store_true",
@@ -1049,18 +1541,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg = QUICK if args.quick else Config()
     if args.driver_procs:
         cfg = replace(cfg, driver_procs=args.driver_procs)
-    pin = not args.no_pin and (os.cpu_count() or 1) >= 2
+    layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
+    if set(layouts) - set(LAYOUTS):
+        p.error(f"unknown layouts {layouts}; choose from {', '.join(LAYOUTS)}")
+    pin = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+    if args.no_pin or not pin:
+        layouts = ["unpinned"]
     out = args.out
     tmp = out / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     env = Env(cfg, out, tmp, "0" if pin else None, "1" if pin else None, profile=args.profile)
-    if pin:
-        os.sched_setaffinity(0, {1})  # the runner itself stays off the server's core
     t0 = time.monotonic()
-    res: dict[str, Any] = {}
+    res: dict[str, Any] = {"note": args.note} if args.note else {}
     status = 0
     try:
-        run(env, only, res)
+        run(env, only, res, layouts)
     except Exception:  # the partial results are still worth writing
         res["error"] = traceback.format_exc()[-4000:]
         log(f"FAILED, writing what was measured:\n{res['error']}")

@@ -16,6 +16,9 @@ Order mix (per request):
   lab although the institution tests in-house, and a code off the recommended list.
 Encounters: 80% outpatient, 15% inpatient, 5% emergency (recognition is then exempt).
 ``order_time`` is left unset (the server's clock), as an EMR would.
+
+Apart from the mix, the all-WARN class (:func:`build_warn_orders`): every order a
+WARN, so every call writes a decision-log record, the worst case of issue 12.
 """
 
 from __future__ import annotations
@@ -196,7 +199,7 @@ def _weighted(rng: random.Random, table: tuple[tuple[Any, float], ...]) -> Any:
 class Order:
     """One generated request with the class it was drawn as (for per-class figures)."""
 
-    kind: str  # lab_hit | lab_miss | exam_hit | exam_miss | gene_<variant>
+    kind: str  # lab_hit | lab_miss | exam_hit | exam_miss | gene_<variant> | all_warn
     body: bytes
     n_items: int
 
@@ -352,6 +355,59 @@ def _approved_lab(rng: random.Random, view: CatalogView, inst: str, code: str) -
         return rng.choice(approving)
     labs = [lab["id"] for lab in view.sendout_labs]
     return rng.choice(labs) if labs else "LAB-NOT-APPROVED"
+
+
+WARN_CLASS = "all_warn"
+
+
+def build_warn_orders(view: CatalogView, pop: Population, n: int, *, seed: int = 3) -> list[Order]:
+    """The worst case of issue 12: 3-line outpatient orders that all answer WARN.
+
+    Line 1 is a LAB item the patient has a recognisable result of (reported at the
+    ordering institution, inside its validity): RECOGNIZABLE_RESULT_EXISTS, a WARN. Line 2
+    is a gene test that passes every gene-test rule (priced, indication in the
+    diagnoses, consent signed, no MDT due, no send-out, none held in its repeat window).
+    Line 3 is a LAB item the patient has no result for. Overall WARN, so with the
+    decision log on (the default) every call writes a record. The run checks this by
+    sending the class through a real stub and finding each decision in the log."""
+    rng = random.Random(seed)
+    lab_codes = {c for c, _ in view.labs}
+    pool = [c for c, _ in view.labs]
+    hits = [
+        (pid, code, inst)
+        for pid in sorted(pop.tracked)
+        for code, inst, _reported, _mark in pop.tracked[pid]
+        if code in lab_codes
+    ]
+    genes = [g for g in view.gene_tests if g.get("price_item_code") and g.get("indications")]
+    if not hits or not genes or len(pool) < 2:
+        return []
+    orders = []
+    for k in range(n):
+        pid, code, inst = rng.choice(hits)
+        held = {c for c, *_ in pop.tracked.get(pid, ())}
+        test = rng.choice([g for g in genes if g["code"] not in held] or genes)
+        plain = rng.choice([c for c in pool if c not in held and c != code] or pool)
+        req = order_check_pb2.CheckRequest(
+            request_id=f"bench-warn-{seed}-{k:07d}",
+            institution_id=inst,
+            department_id=f"D{rng.randrange(40):03d}",
+            clinician_id=f"C{rng.randrange(2000):05d}",
+            encounter_type=types_pb2.ENCOUNTER_TYPE_OUTPATIENT,
+        )
+        req.patient.patient_id = pid
+        req.patient.diagnosis_codes.append(f"{rng.choice(test['indications'])}.{rng.randrange(10)}")
+        req.patient.diagnosis_codes.append("E11.9")
+        req.items.add(line_id="1", item_code=code, category=types_pb2.ITEM_CATEGORY_LAB)
+        req.items.add(
+            line_id="2",
+            item_code=test["code"],
+            category=types_pb2.ITEM_CATEGORY_GENE_TEST,
+            consent_signed=True,
+        )
+        req.items.add(line_id="3", item_code=plain, category=types_pb2.ITEM_CATEGORY_LAB)
+        orders.append(Order(WARN_CLASS, req.SerializeToString(), 3))
+    return orders
 
 
 def representative_orders(orders: list[Order]) -> list[tuple[str, bytes, float]]:

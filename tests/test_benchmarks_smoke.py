@@ -1,7 +1,8 @@
 """The benchmark harness, end to end at tiny scale, so it cannot rot unnoticed.
 
-Runs ``python -m benchmarks.run --quick`` against the empty server (plus the engine
-micro-benchmark when the engine is there) into a temporary directory, and checks that
+Runs ``python -m benchmarks.run --quick`` once (engine, the bare and options-matched
+empty servers, the service with the all-WARN class, both layouts, and the callgrind
+per-call count when valgrind is there) into a temporary directory, and checks that
 every output was written and holds measurements. No timing is asserted: this proves
 the harness works, the benchmark itself says how fast things are.
 """
@@ -17,18 +18,29 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.empty_server import canned_response
+from benchmarks import report
+from benchmarks.ab import commit_line
+from benchmarks.empty_server import canned_response, stack_settings
 from benchmarks.h2load import mix_rps, parse
+from benchmarks.percall import parse_callgrind
 from cds.v1 import order_check_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_canned_response_is_a_check_response_of_the_requested_size():
-    for size in (120, 402, 1000):
+    for size in (120, 402, 1000, 1400):
         payload = canned_response(size)
         assert len(payload) == size
         assert order_check_pb2.CheckResponse.FromString(payload).items
+
+
+def test_bare_stack_is_grpc_defaults_and_matched_finds_cds_options():
+    bare = stack_settings("bare")
+    assert bare["options"] == [] and bare["cap"] is None
+    matched = stack_settings("matched")
+    assert matched["cap"] and matched["cap"] > 0
+    assert "server_options()" in matched["from"]
 
 
 def test_h2load_output_is_parsed_and_families_combine_harmonically():
@@ -46,7 +58,44 @@ def test_h2load_output_is_parsed_and_families_combine_harmonically():
     assert mix_rps([("a", 0.5, 1000.0), ("b", 0.5, 3000.0)]) == pytest.approx(1500.0)
 
 
-def test_quick_run_writes_results_table_and_plot(tmp_path):
+def test_needs_follow_from_the_stated_assumptions():
+    hospital = report.NEEDS[0]
+    # 12,000 visits x 2 + 3,000 beds x 90 % x 4 = 34,800 checks over 10 h, peak 4x
+    assert hospital.checks_per_day == pytest.approx(34_800)
+    assert hospital.peak_rps == pytest.approx(34_800 / 36_000 * 4)
+    assert report.NEEDS[1].peak_rps > 50 * hospital.peak_rps
+
+
+def test_callgrind_dump_is_parsed_into_self_inclusive_and_libraries(tmp_path):
+    dump = tmp_path / "callgrind.out.1"
+    dump.write_text(
+        "events: Ir\nsummary: 1000\n\n"
+        "ob=(1) /usr/lib/libpython3.11.so.1.0\nfl=(1) ceval.c\nfn=(1) eval\n0 600\n"
+        "cob=(2) /usr/lib/libc.so.6\ncfi=(2) malloc.c\ncfn=(2) malloc\ncalls=3 0\n0 400\n"
+        "ob=(2)\nfl=(2)\nfn=(2)\n0 400\n"
+    )
+    p = parse_callgrind(dump)
+    assert p["total_ir"] == 1000
+    assert p["self"][("/usr/lib/libpython3.11.so.1.0", "eval")] == 600
+    assert p["inclusive"][("/usr/lib/libpython3.11.so.1.0", "eval")] == 1000
+    assert p["by_library"]["libc"] == 400
+    assert p["by_library"]["interpreter (libpython)"] == 600
+
+
+def test_commit_line_reads_like_the_issue_asks():
+    summary = {
+        "before": {"h2load_all_warn_rps": 3610.0},
+        "after": {"h2load_all_warn_rps": 4020.0},
+        "bare": {"h2load_all_warn_rps": 6850.0},
+    }
+    line = commit_line(summary, ["before", "after"], ["all_warn"], "unpinned")
+    assert "all_warn 3,610 → 4,020 req/s (+11 %)" in line
+    assert "bare empty 6,850 req/s" in line
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         [
@@ -55,34 +104,86 @@ def test_quick_run_writes_results_table_and_plot(tmp_path):
             "benchmarks.run",
             "--quick",
             "--only",
-            "empty,engine",
+            "engine,empty,service,percall",
+            "--note",
+            "smoke test",
             "--out",
-            str(tmp_path),
+            str(out),
         ],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((tmp_path / "results.json").read_text())
-    emp = res["empty"]
-    assert emp["python_closed"]["ok"] > 0
-    assert emp["open"], "no open-loop points"
-    for point in emp["open"]:
-        assert point["count"] > 0
-        assert point["p99_us"] >= point["p50_us"] > 0
-        assert not point["errors"]
-    if shutil.which("h2load"):
-        assert emp["h2load"]["mix_rps"] > 0
-        assert emp["h2load"]["http_failed"] == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_quick_run_measures_every_server_in_both_layouts(quick_run):
+    _, res = quick_run
+    assert set(res["layouts"]) == {"unpinned", "pinned"}
+    for name, lay in res["layouts"].items():
+        assert lay["pinned"] == (name == "pinned")
+        for server in ("bare", "matched", "service"):
+            assert lay["python_closed"][server]["ok"] > 0
+            assert lay["open"][server], f"no open-loop points for {server} ({name})"
+            for point in lay["open"][server]:
+                # (no assertion on errors: on a busy machine a toy-scale point can
+                # overload, and that is a timing, which this test never judges)
+                assert point["count"] > 0
+                assert point["p99_us"] >= point["p50_us"] > 0
+            assert lay["half"][server]
+        assert lay["warn_open"] and lay["warn_open"][0]["count"] > 0
+        if shutil.which("h2load"):
+            assert lay["h2load_median"]["service"]["all_warn"] > 0
+            assert lay["saturation_rps"]["bare"] > 0
+            assert "all_warn" in lay["ratios_vs_bare"]["service"]
+            for row in lay["h2load_rounds"]:
+                assert row["service"]["grpc_not_ok"] == 0
+                assert row["bare"]["http_failed"] == 0
     for key in ("cpu_model", "cores", "kernel", "python", "grpcio", "protobuf_backend"):
         assert res["machine"][key]
-    if "engine" not in res["skipped"]:
-        assert res["engine"]["cases"]["lab_3_items"]["median_us"] > 0
-    md = (tmp_path / "RESULTS.md").read_text()
-    assert "| target | measured | goal | pass |" in md
+    assert res["engine"]["cases"]["lab_3_items"]["median_us"] > 0
+
+
+def test_quick_run_checks_the_all_warn_class_answers_warn_and_is_logged(quick_run):
+    _, res = quick_run
+    wc = res["service"]["warn_check"]
+    assert wc["sampled"] > 0
+    assert wc["warn"] == wc["sampled"] == wc["logged"]
+    assert wc["ok"]
+    assert res["service"]["classes"]["all_warn"]["decision"] == "DECISION_WARN"
+
+
+def test_quick_run_counts_instructions_per_call(quick_run):
+    _, res = quick_run
+    if not shutil.which("valgrind"):
+        assert "percall" in res["skipped"]
+        return
+    pc = res["percall"]["subjects"]
+    for server in ("bare", "service"):
+        for cls in ("mix", "all_warn"):
+            c = pc[server]["classes"][cls]
+            assert c["ir_per_call"] > 0
+            assert c["by_library"]
+            assert not c["client"]["errors"]
+
+
+def test_quick_run_writes_verdict_tables_and_plot(quick_run):
+    out, _ = quick_run
+    md = (out / "RESULTS.md").read_text()
+    assert md.startswith("# cds benchmark results\n\n> **smoke test**")
+    for heading in (
+        "## Verdict",
+        "## Targets",
+        "## Throughput per order class, unpinned",
+        "## Throughput per order class, pinned",
+        "## Latency, unpinned",
+        "## Latency, pinned",
+    ):
+        assert heading in md
     assert "python -m benchmarks.run --quick" in md
-    png = (tmp_path / "latency_vs_rate.png").read_bytes()
+    assert "all-WARN" in md
+    png = (out / "latency_vs_rate.png").read_bytes()
     assert png.startswith(b"\x89PNG")
