@@ -1052,7 +1052,11 @@ def measure_layout(
                 for c in classes
             }
             per_class[s.name] = {c: median(v) if v else None for c, v in vals.items() if c != "mix"}
-            sat[s.name] = median(vals["mix"]) if vals["mix"] else 0.0
+            sat[s.name], disturbed = capacity(
+                vals["mix"], [row[s.name].get("mix_rps") for row in rounds]
+            )
+            if disturbed:
+                lay.setdefault("saturation_disturbed", []).append(s.name)
             counted[s.name] = {c: len(v) for c, v in vals.items()}
         else:
             sat[s.name] = lay["python_closed"][s.name]["rps"]
@@ -1062,6 +1066,12 @@ def measure_layout(
         if rounds
         else "python driver (no h2load)"
     )
+    if lay.get("saturation_disturbed"):
+        lay["saturation_from"] += (
+            "; every round disturbed for "
+            + ", ".join(lay["saturation_disturbed"])
+            + ": all its rounds used"
+        )
     lay["h2load_median"] = per_class
     lay["h2load_counted_rounds"] = counted
     if rounds and "bare" in sat:
@@ -1119,6 +1129,16 @@ def measure_layout(
             pts.append(pt | {"label": f"fixed {r:,.0f}/s", "fixed": r})
         lay["warn_open"] = pts
     return lay
+
+
+def capacity(undisturbed: list[float], every: list[float | None]) -> tuple[float, bool]:
+    """A server's saturation rate: the median of its undisturbed rounds or, when
+    neighbours disturbed every round, of all of them (flagged), so that a busy machine
+    still gets its half-rate points instead of silently measuring none."""
+    if undisturbed:
+        return median(undisturbed), False
+    measured = [v for v in every if v]
+    return (median(measured), True) if measured else (0.0, False)
 
 
 def safe_point(

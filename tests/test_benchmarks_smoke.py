@@ -23,6 +23,7 @@ from benchmarks.ab import commit_line
 from benchmarks.empty_server import canned_response, stack_settings
 from benchmarks.h2load import mix_rps, parse
 from benchmarks.percall import parse_callgrind
+from benchmarks.run import capacity
 from cds.v1 import order_check_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,3 +188,10 @@ def test_quick_run_writes_verdict_tables_and_plot(quick_run):
     assert "all-WARN" in md
     png = (out / "latency_vs_rate.png").read_bytes()
     assert png.startswith(b"\x89PNG")
+
+
+def test_capacity_falls_back_to_disturbed_rounds_rather_than_none():
+    # A busy machine disturbs every round: the half-rate points must still be measured.
+    assert capacity([3000.0, 3200.0, 3100.0], [3000.0, 9.0, 3200.0, 3100.0]) == (3100.0, False)
+    assert capacity([], [2800.0, None, 3000.0]) == (2900.0, True)
+    assert capacity([], [None, 0.0]) == (0.0, False)
