@@ -36,6 +36,13 @@ DEFAULT_DEADLINE_CAP_SECONDS = 5.0
 # Recent orders kept to preview a catalogue change on (cds.rollout.replay): about a
 # busy hospital's day, and no more than a replay can judge while checks go on.
 DEFAULT_REPLAY_ORDERS = 100_000
+# On SIGTERM, how long health says NOT_SERVING while calls are still answered, so load
+# balancers move traffic away before anything is refused. A health Watch (gRPC
+# client-side health checking, Envoy) sees it at once; a load balancer that polls needs
+# its interval times its failure threshold (1-2 s x 2-3 for typical Envoy and nginx
+# settings), Kubernetes' endpoint removal a few seconds to reach every proxy. With
+# --grace's 10 s this keeps a stop within Kubernetes' default 30 s termination grace.
+DEFAULT_DRAIN_SECONDS = 5.0
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster")
 
@@ -125,9 +132,20 @@ class ServeConfig:
             check="positive",
         ),
     )
+    drain_seconds: float = field(
+        default=DEFAULT_DRAIN_SECONDS,
+        metadata=_setting(
+            "on SIGTERM, seconds health says NOT_SERVING while calls are still answered "
+            "(for load balancers to move away); then new calls are refused UNAVAILABLE",
+            check="non-negative",
+        ),
+    )
     grace: float = field(
         default=10.0,
-        metadata=_setting("seconds to drain in-flight calls on SIGTERM", check="non-negative"),
+        metadata=_setting(
+            "seconds in-flight calls may take to finish on SIGTERM, after --drain-seconds",
+            check="non-negative",
+        ),
     )
     max_decisions: int = field(
         default=DEFAULT_MAX_DECISIONS,

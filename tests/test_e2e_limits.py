@@ -107,6 +107,7 @@ def test_the_deadline_cap_ends_a_feed_call_stuck_on_a_hung_store(redis_server, t
         metrics_listen="127.0.0.1:0",
         decision_log=None,
         grace=0,
+        drain_seconds=0,
         deadline_cap=0.3,
     )
 

@@ -344,7 +344,7 @@ def test_sigterm_drains_every_worker_and_the_parent_exits_0(workers):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     log = workers.log_text()
-    assert log.count("stopping: draining for up to") == 2  # each live worker drained
+    assert log.count("stopping: health NOT_SERVING") == 2  # each live worker drained
     assert log.rstrip().endswith("cds.runtime.supervisor: stopped")
 
 

@@ -2,9 +2,10 @@
 
 A lone server, each worker of ``--workers N`` and their supervisor all run through
 :func:`serve`, so the order of the steps and what they print cannot drift apart:
-SIGTERM/SIGINT (or, for a worker, its parent going away) ends serving; SIGHUP calls
-the process's reload; a start that fails prints why and exits 1; a stop that drains
-cleanly exits 0.
+SIGTERM/SIGINT (or, for a worker, its parent going away) ends serving; another one
+while stopping cuts the drain window short (``Service.hurry``: an operator's second
+Ctrl-C, a supervisor in a hurry); SIGHUP calls the process's reload; a start that fails
+prints why and exits 1; a stop that drains cleanly exits 0.
 
 Checks that need doing once per ``cds serve``, whatever the number of processes —
 the protected-mode listen policy, for gRPC and for CDS Hooks — are here too
@@ -41,6 +42,9 @@ class Service(Protocol):
 
     def draining(self) -> str:
         """The log line that says how the stop proceeds."""
+
+    def hurry(self) -> None:
+        """A second stop signal: end the drain window now (in-flight calls keep --grace)."""
 
 
 def check_transport(config: ServeConfig, log: logging.Logger) -> None:
@@ -123,6 +127,8 @@ async def serve(
     log.info("%s", service.serving())
     await stopping.wait()
     log.info("stopping: %s", service.draining())
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, service.hurry)
     for task in tasks:
         task.cancel()
     clean = await service.stop()

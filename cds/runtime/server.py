@@ -2,9 +2,11 @@
 
 Start-up order matters: the catalogue is loaded and validated before anything listens
 (a bad file exits non-zero with every error), health turns SERVING only after the
-server has started, and shutdown goes the other way round — health NOT_SERVING first,
-so load balancers stop sending, then in-flight calls drain for ``grace`` seconds, then
-the decision log and the store close.
+server has started, and shutdown goes the other way round (:meth:`CdsServer.stop`):
+health NOT_SERVING first while calls are still answered for ``drain_seconds``, so load
+balancers move traffic away before anything is refused; then new calls are refused
+``UNAVAILABLE`` and those in flight get ``grace`` seconds; then the decision log and
+the store close.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import gc
 import logging
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,11 +45,25 @@ from cds.security.auth import Authenticator, AuthInterceptor
 from cds.security.pseudonyms import Pseudonymizer
 from cds.security.transport import https_context, server_credentials, server_options
 from cds.service.admin import CatalogAdmin, Reloader
+from cds.service.admission import Admission
 from cds.service.check import OrderCheck
 from cds.service.feed import ResultFeed
 from cds.service.rpcs import METHOD_ROLES, SERVICE_NAMES, register
 
 log = logging.getLogger(__name__)
+
+# After the drain window, new calls are refused UNAVAILABLE for at least this long (and
+# until those in flight have finished) before grpc's own stop, which cancels whatever
+# it finds, calls just arrived included. A busy caller sends its next call within a
+# round trip of its last answer: by then each has had its refusal and backs off (a retry
+# policy's backoff, an EMR's fail-open) instead of racing the stop. Measured by
+# benchmarks/sigterm.py.
+REFUSE_MIN_S = 0.25
+# Once our own calls have drained, how long grpc.aio's stop waits for what is left
+# (health checks, reflection) before it cancels it: those answer in microseconds, and a
+# stream held open (a health Watch, an idle reflection client) must not hold the exit
+# for the whole grace.
+STOP_REST_GRACE_S = 0.5
 
 
 # How often a worker of several publishes the store's count (a callback gauge cannot
@@ -124,6 +141,10 @@ class CdsServer:
         self.metrics_port = 0
         self._httpd: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Our calls in flight, and the refusal of new ones once the drain window is over.
+        self.admission = Admission()
+        self._serving = False  # started: a stop then owes load balancers the drain window
+        self._hurry = asyncio.Event()
         self.authenticator = authenticator
         self._credentials = credentials
         self.hooks: HooksDoor | None = None  # the CDS Hooks door, with --hooks-listen
@@ -204,7 +225,7 @@ class CdsServer:
             ResultFeed(self.state, self.store, self.metrics, deadline_cap_s=cap),
             CatalogAdmin(self.state, self.role.reload if self.role is not None else None),
         )
-        register(self.server, adapters, self.metrics)
+        register(self.server, adapters, self.metrics, self.admission)
         if self.config.hooks_listen is not None:
             self.hooks = HooksDoor(
                 self.config, self.state, checker, desk, self.memory, self.metrics,
@@ -259,6 +280,7 @@ class CdsServer:
         gc.freeze()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
 
     async def reload_on_signal(self) -> None:
         """SIGHUP: the catalogue (as the RPC would), the tokens file and the pseudonym keys.
@@ -311,10 +333,37 @@ class CdsServer:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> bool:
+        """Health NOT_SERVING at once; calls answered for ``drain_seconds`` while load
+        balancers notice; then new calls refused ``UNAVAILABLE`` while those in flight get
+        ``grace`` seconds; then grpc's own stop, the decision log, the store.
+
+        Refusing before grpc's stop is what keeps calls from ending ``CANCELLED``: grpc
+        cancels every call its shutdown finds, those just arrived included, and a standard
+        retry policy does not retry that (benchmarks/sigterm.py counts them).
+        """
+        loop = asyncio.get_running_loop()
         await self.health.enter_graceful_shutdown()
+        if self._serving and self.config.drain_seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.drain_seconds):
+                    await self._hurry.wait()  # a second SIGTERM ends the window early
+        grace_ends = loop.time() + self.config.grace
+        self.admission.refuse_new()
+        if self._serving:
+            log.info("refusing new calls; %d in flight", self.admission.inflight)
+        stopping: list[Coroutine[Any, Any, Any]] = [self.admission.drained(self.config.grace)]
+        if self._serving:
+            stopping.append(asyncio.sleep(min(REFUSE_MIN_S, self.config.grace)))
         if self.hooks is not None:
-            await self.hooks.stop()  # its requests in progress get --grace too
-        await self.server.stop(self.config.grace)
+            stopping.append(self.hooks.stop())  # its requests in progress get --grace too
+        drained, *_ = await asyncio.gather(*stopping)
+        if not drained:
+            log.warning(
+                "%d calls still in flight after --grace %.1f s: cancelled",
+                self.admission.inflight,
+                self.config.grace,
+            )
+        await self.server.stop(min(STOP_REST_GRACE_S, max(0.0, grace_ends - loop.time())))
         for task in list(self._tasks):
             task.cancel()
         self._flush_counts()  # drained: the last interval's counts are complete
@@ -325,6 +374,11 @@ class CdsServer:
             self._httpd.shutdown()
             self._httpd.server_close()
         return True
+
+    def hurry(self) -> None:
+        if not self._hurry.is_set():
+            self._hurry.set()
+            log.info("second stop signal: the drain window ends now")
 
     def serving(self) -> str:
         host = split_host_port(self.config.listen, flag="--listen")[0]
@@ -342,9 +396,11 @@ class CdsServer:
         )
 
     def draining(self) -> str:
-        if self.role is not None:
-            return f"draining for up to {self.config.grace:.1f} s (health NOT_SERVING)"
-        return f"health NOT_SERVING, draining for up to {self.config.grace:.1f} s"
+        return (
+            f"health NOT_SERVING, calls answered for {self.config.drain_seconds:.1f} s more "
+            f"(--drain-seconds), then refused while those in flight get up to "
+            f"{self.config.grace:.1f} s"
+        )
 
 
 def _now_us() -> int:

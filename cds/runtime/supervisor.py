@@ -29,8 +29,10 @@ What the parent owns:
   ``RESTART_LIMIT`` unexpected exits within ``RESTART_WINDOW_S`` means something is
   systematically wrong: the parent then stops every worker and exits 1, loudly, for
   the service manager to see.
-* **Shutdown.** SIGTERM/SIGINT: every worker gets SIGTERM and drains for ``--grace``
-  (health NOT_SERVING first); the parent exits 0 once all have exited 0.
+* **Shutdown.** SIGTERM/SIGINT: every worker gets SIGTERM and drains as a lone server
+  does (health NOT_SERVING, calls answered for ``--drain-seconds``, then refused while
+  those in flight get ``--grace``); a second signal is passed on too, cutting the drain
+  window short; the parent exits 0 once all have exited 0.
 """
 
 from __future__ import annotations
@@ -288,7 +290,16 @@ class Supervisor:
     def draining(self) -> str:
         if self.fatal is not None:
             return f"after a fatal error ({self.fatal})"
-        return f"draining every worker for up to {self.config.grace:.1f} s"
+        return (
+            f"draining every worker: {self.config.drain_seconds:.1f} s of --drain-seconds, "
+            f"then up to {self.config.grace:.1f} s for calls in flight"
+        )
+
+    def hurry(self) -> None:
+        """A second stop signal: every worker gets it too (its drain window ends)."""
+        for worker in self.workers:
+            if worker is not None and worker.alive:
+                worker.terminate()
 
     async def start_all(self) -> None:
         """Start every worker and wait until each serves; raises RuntimeError if one cannot."""
@@ -323,7 +334,8 @@ class Supervisor:
             worker.terminate()
         waits = [asyncio.ensure_future(w.process.wait()) for w in workers]
         if waits:
-            _, late = await asyncio.wait(waits, timeout=self.config.grace + STOP_MARGIN_S)
+            budget = self.config.drain_seconds + self.config.grace + STOP_MARGIN_S
+            _, late = await asyncio.wait(waits, timeout=budget)
             for worker in workers:
                 if worker.alive:
                     log.error("worker %d did not stop in time: killed", worker.index)

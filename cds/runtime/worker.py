@@ -153,6 +153,9 @@ class _Worker:
     def draining(self) -> str:
         return self._server.draining()
 
+    def hurry(self) -> None:
+        self._server.hurry()
+
 
 async def run(fd: int) -> int:
     reader, writer = await control.open_channel(socket.socket(fileno=fd))

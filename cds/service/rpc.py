@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import grpc
 
 from cds.metrics import RpcMetrics
+from cds.service.admission import Admission
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,21 @@ def invalid_argument(details: str) -> RpcFailure:
     return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, details)
 
 
-def instrumented(handler: Handler, m: RpcMetrics) -> Handler:
-    """Wrap one bound handler: started/handled counters, latency, failures to status."""
+def instrumented(handler: Handler, m: RpcMetrics, admission: Admission) -> Handler:
+    """Wrap one bound handler: admission, started/handled counters, latency, failures to
+    status. A call refused admission is counted too (started, and handled by its code)."""
     started_inc = m.started.inc
     ok_inc = m.handled_ok.inc
     observe = m.seconds.observe
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if admission.inflight >= admission.limit:
+            code, details = admission.refusal()
+            started_inc()
+            m.handled(code).inc()
+            observe(0.0)
+            await context.abort(code, details)
+        admission.inflight += 1
         started_inc()
         t0 = perf_counter()
         try:
@@ -63,6 +72,10 @@ def instrumented(handler: Handler, m: RpcMetrics) -> Handler:
             m.handled(grpc.StatusCode.INTERNAL).inc()
             observe(perf_counter() - t0)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            admission.inflight -= 1
+            if not admission.limit:  # stopping: the shutdown waits for the last one
+                admission.wake()
         ok_inc()
         observe(perf_counter() - t0)
         return response

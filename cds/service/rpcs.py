@@ -17,6 +17,7 @@ import grpc
 from cds.metrics import Metrics
 from cds.security.auth import Role
 from cds.service.admin import CatalogAdmin
+from cds.service.admission import Admission
 from cds.service.check import OrderCheck
 from cds.service.feed import ResultFeed
 from cds.service.rpc import instrumented
@@ -112,9 +113,11 @@ SERVICE_NAMES: tuple[str, ...] = tuple(dict.fromkeys(r.service for r in RPCS))
 METHOD_ROLES: Mapping[str, Role] = {r.path: r.role for r in RPCS}
 
 
-def register(server: grpc.aio.Server, adapters: Iterable[object], metrics: Metrics) -> None:
-    """Serve every RPC of the table on ``server``, each instrumented (counts, latency,
-    failures to status). ``adapters`` holds one instance of each ``owner`` class.
+def register(
+    server: grpc.aio.Server, adapters: Iterable[object], metrics: Metrics, admission: Admission
+) -> None:
+    """Serve every RPC of the table on ``server``, each instrumented (admission, counts,
+    latency, failures to status). ``adapters`` holds one instance of each ``owner`` class.
 
     As the generated ``add_*Servicer_to_server`` does: a generic handler per service
     and the same methods registered by name, which spares grpc.aio the generic look-up
@@ -125,7 +128,7 @@ def register(server: grpc.aio.Server, adapters: Iterable[object], metrics: Metri
     for rpc in RPCS:
         bound = rpc.handler.__get__(by_class[rpc.owner], rpc.owner)
         per_service.setdefault(rpc.service, {})[rpc.method] = grpc.unary_unary_rpc_method_handler(
-            instrumented(bound, metrics.rpc(rpc.service, rpc.method)),
+            instrumented(bound, metrics.rpc(rpc.service, rpc.method), admission),
             request_deserializer=rpc.request.FromString,
             response_serializer=rpc.response.SerializeToString,
         )

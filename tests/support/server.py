@@ -4,7 +4,8 @@ End-to-end tests talk to exactly what an operator runs: the console entry point,
 catalogue file on disk, real sockets. The server binds port 0 and announces its ports
 in its start-up log line; its stderr goes to a file the test can read afterwards (to
 check what it logged, and to show why it failed to start). Leaving the context sends
-SIGTERM and asserts the process drained and exited 0.
+SIGTERM and asserts the process drained and exited 0 (with ``--drain-seconds 0`` unless
+the test passes its own).
 """
 
 from __future__ import annotations
@@ -218,6 +219,9 @@ def running_server(
         "127.0.0.1:0",
         "--grace",
         "5",
+        # No drain window unless a test asks for one: every test's server stops by SIGTERM.
+        "--drain-seconds",
+        "0",
         *extra_args,
     )
     with open(log_path, "wb") as log:
