@@ -6,7 +6,7 @@ LISTEN ?= 127.0.0.1:50051
 METRICS_LISTEN ?= 127.0.0.1:9464
 CATALOG ?= catalog/catalog.json
 
-.PHONY: venv proto proto-check run test lint bench soak clean
+.PHONY: venv proto proto-check run test lint bench soak faults clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ SOAK_SECONDS ?= 300
 SOAK_ARGS ?=
 soak: venv proto
 	$(BIN)/python -m benchmarks.soak --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
+
+# Faults under steady load (Redis kill -9/SIGSTOP, a worker killed, reloads, SIGTERM),
+# each with the calls that failed -> benchmarks/results/FAULTS.md, faults.json (~6 min).
+# e.g. make faults FAULTS_ARGS="--only redis-freeze,sigterm". Not in `make test`.
+FAULTS_ARGS ?=
+faults: venv proto
+	$(BIN)/python -m benchmarks.faults $(FAULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,12 +5,15 @@ themselves take minutes and are not part of ``make test`` (``make soak``, ``make
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks import soak
+from benchmarks import faults, soak
 from benchmarks.run import QUICK, Env
 from benchmarks.steady import Calls, supported
 
@@ -84,3 +87,27 @@ def test_soak_report_and_plot_show_the_drift_between_first_and_last_window(tmp_p
     assert "| 60–120 | 100 | 1.00 | 3.00 | 5.00 | 9.00 | 0 |" in text  # a row per window
     soak.plot(res, tmp_path / "soak.png")
     assert (tmp_path / "soak.png").stat().st_size > 10_000
+
+
+def test_the_fault_run_lists_its_scenarios_and_refuses_unknown_ones(capsys):
+    assert faults.main(["--list"]) == 0
+    assert capsys.readouterr().out.split() == list(faults.SCENARIOS)
+    with pytest.raises(SystemExit):
+        faults.main(["--only", "meteor-strike"])
+
+
+def test_a_quick_sigterm_run_reports_what_the_clients_of_the_bare_server_saw(tmp_path):
+    """One real, very short scenario end to end (the bare grpc.aio server, ~7 s): load,
+    a SIGTERM at a known instant, the calls cut into phases, the table written."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.faults", "--quick", "--only", "sigterm-bare",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    res = json.loads((tmp_path / "faults.json").read_text())
+    (run,) = res["scenarios"]["sigterm-bare"]["runs"]
+    assert run["exit_code"] == 0
+    assert run["phases"]["before"]["ok"] > 0 and run["phases"]["before"]["failed"] == 0
+    assert run["phases"]["after exit"]["ok"] == 0  # nothing answers once it is gone
+    assert "| sigterm-bare |" in (tmp_path / "FAULTS.md").read_text()
