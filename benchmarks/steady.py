@@ -32,7 +32,14 @@ from typing import Any
 import grpc
 import numpy as np
 
-from benchmarks.procs import ServerProcess, cpu_seconds, free_port, process_tree, rss_bytes
+from benchmarks.procs import (
+    ServerProcess,
+    cpu_seconds,
+    free_port,
+    process_tree,
+    rss_bytes,
+    runqueue_wait_seconds,
+)
 from benchmarks.run import ROOT, Env, cds_command
 
 PUT_RESULTS = "/cds.v1.ResultFeedService/PutResults"
@@ -87,6 +94,8 @@ def start_cds(
     """``cds serve`` on free ports, unpinned; (process, gRPC target, metrics host:port)."""
     port, mport = free_port(), free_port()
     cmd = cds_command(env, catalog, port, mport, extra)
+    if tree is not None:
+        cmd.insert(1, "-P")  # else `-m cds` finds the working directory's cds first
     server = ServerProcess(cmd, cpus=None, log=env.tmp / f"{name}.log", env=tree_env(env, tree))
     target = f"127.0.0.1:{port}"
     server.wait_serving(target, timeout=timeout)
@@ -422,7 +431,9 @@ def feed_batches(batches: list[bytes], size: int, count: int) -> list[bytes]:
 
 
 class Sampler(threading.Thread):
-    """Every ``every`` seconds: the server tree's RSS, CPU seconds, threads and fds."""
+    """Every ``every`` seconds: the server tree's RSS, CPU seconds, threads and fds, and
+    the noise: the seconds its threads waited for a CPU (schedstat) and the load average.
+    On a shared machine a window whose server waited long measured the neighbours."""
 
     def __init__(self, pid: int, t0: float, every: float = 5.0) -> None:
         super().__init__(daemon=True, name="sampler")
@@ -438,6 +449,8 @@ class Sampler(threading.Thread):
             "cpu_s": cpu_seconds(self.pid),
             "threads": threads,
             "fds": fds,
+            "runqueue_wait_s": runqueue_wait_seconds(self.pid),
+            "loadavg_1m": float(Path("/proc/loadavg").read_text().split()[0]),
         }
         self.samples.append(s)
         return s
