@@ -23,6 +23,7 @@ Redis store). The machine is shared: latency figures are noisy, RSS and errors a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import shlex
@@ -71,7 +72,8 @@ def window_line(w: dict[str, Any]) -> str:
         f"{w['from_s']:4.0f}-{w['to_s']:<4.0f}s: {w['achieved_rps']:6.0f}/s  {lat}  "
         f"errors {w['failed']} "
         f"{w['errors'] or ''}  RSS {w['rss_mib']:.0f} MiB  threads {w['threads']}  fds "
-        f"{w['fds']}  server CPU {w['server_cpu_us_per_call']:.0f} µs/call"
+        f"{w['fds']}  server CPU {w['server_cpu_us_per_call']:.0f} µs/call, waited for a "
+        f"CPU {w['server_cpu_wait_frac']:.0%}, load {w['loadavg_1m']:.1f}"
     )
 
 
@@ -169,6 +171,7 @@ def run_windows(
     wait_until(t0)
     codes0 = metrics.check_codes(mlisten)
     cpu0 = server.cpu()
+    wait0 = server.runqueue_wait()
     sampler.sample()
     sampler.start()
     feed.start()
@@ -192,6 +195,7 @@ def run_windows(
             s = sampler.sample()
             codes = metrics.check_codes(mlisten)
             cpu = server.cpu()
+            wait = server.runqueue_wait()
             w |= {
                 "minute": k + 1,
                 "achieved_rps": w["ok"] / (hi - lo),
@@ -202,6 +206,10 @@ def run_windows(
                 "threads": s["threads"],
                 "fds": s["fds"],
                 "server_cpu_us_per_call": (cpu - cpu0) / max(1, w["ok"]) * 1e6,
+                # the share of the window the server's threads spent runnable but waiting
+                # for a CPU: what the neighbours took (in threads, can exceed 100 %)
+                "server_cpu_wait_frac": (wait - wait0) / (hi - lo),
+                "loadavg_1m": s["loadavg_1m"],
                 "server_non_ok": {
                     c: v - (codes0 or {}).get(c, 0)
                     for c, v in (codes or {}).items()
@@ -214,7 +222,7 @@ def run_windows(
                 ),
                 "feed": feed.between(lo, hi),
             }
-            codes0, cpu0 = codes, cpu
+            codes0, cpu0, wait0 = codes, cpu, wait
             windows.append(w)
             say(window_line(w))
     finally:
@@ -297,8 +305,8 @@ def markdown(res: dict[str, Any]) -> str:
     lines += [
         "| window (s) | achieved /s | p50 ms | p99 ms | p99.9 ms | max ms | failed | server "
         "non-OK | late sends | RSS MiB | threads | fds | server CPU µs/call | decision log "
-        "MiB | feed calls (codes) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "MiB | feed calls (codes) | server waited for a CPU | load average |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for w in res.get("windows", []):
         lat = [f"{w[k]:.2f}" if k in w else "–" for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms")]
@@ -309,7 +317,8 @@ def markdown(res: dict[str, Any]) -> str:
             f"{' ' + str(w['errors']) if w['errors'] else ''} | {w['server_non_ok'] or 0} | "
             f"{w['late']} | {w['rss_mib']:.0f} | {w['threads']} | {w['fds']} | "
             f"{w['server_cpu_us_per_call']:.0f} | {w['decision_log_bytes'] / 2**20:.1f} | "
-            f"{feed['calls']} {feed['codes']} |"
+            f"{feed['calls']} {feed['codes']} | {w.get('server_cpu_wait_frac', 0):.0%} | "
+            f"{w.get('loadavg_1m', 0):.1f} |"
         )
     name = res["outputs"]["png"]
     bin_s = res["bins"][0]["to_s"] - res["bins"][0]["from_s"] if res.get("bins") else BIN_S
@@ -332,8 +341,8 @@ def plot(res: dict[str, Any], path: Path) -> None:
     s = res.get("samples", [])
     if not b:
         return
-    fig, (ax1, ax2, ax3) = plt.subplots(
-        3, 1, figsize=(11, 8.5), dpi=110, sharex=True, height_ratios=(2.2, 1.4, 1)
+    fig, (ax1, ax2, ax3, ax4) = plt.subplots(
+        4, 1, figsize=(11, 10), dpi=110, sharex=True, height_ratios=(2.2, 1.4, 1, 1)
     )
     mid = [(x["from_s"] + x["to_s"]) / 2 / 60 for x in b]
     for key, label, style in (
@@ -379,7 +388,28 @@ def plot(res: dict[str, Any], path: Path) -> None:
     h1, l1 = ax3.get_legend_handles_labels()
     h2, l2 = te.get_legend_handles_labels()
     ax3.legend(h1 + h2, l1 + l2, loc="lower right", fontsize=8, ncol=3, framealpha=0.85)
-    ax3.set_xlabel("minutes into the soak")
+    # the noise: how long the server's threads waited for a CPU, and the load average
+    waits = [
+        (b2["t_s"] / 60, (b2["runqueue_wait_s"] - a2["runqueue_wait_s"]) / (b2["t_s"] - a2["t_s"]))
+        for a2, b2 in itertools.pairwise(s)
+        if "runqueue_wait_s" in a2 and b2["t_s"] > a2["t_s"]
+    ]
+    if waits:
+        label = "server threads waiting for a CPU (%)"
+        ax4.fill_between([x for x, _ in waits], [y * 100 for _, y in waits], step="pre",
+                         color="tab:orange", alpha=0.5, label=label)  # fmt: skip
+    ax4.set_ylabel("waiting for\na CPU (%)", color="tab:orange")
+    ax4.set_ylim(bottom=0)
+    ax4.grid(True, alpha=0.3)
+    tl = ax4.twinx()
+    tl.plot(t, [x.get("loadavg_1m", np.nan) for x in s], "-", color="black", lw=1,
+            label="load average (1 min)")  # fmt: skip
+    tl.set_ylabel("load average")
+    tl.set_ylim(bottom=0)
+    h1, l1 = ax4.get_legend_handles_labels()
+    h2, l2 = tl.get_legend_handles_labels()
+    ax4.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8, ncol=2, framealpha=0.85)
+    ax4.set_xlabel("minutes into the soak")
     a = res["args"]
     m = res["machine"]
     store = "Redis store" if a["store"] == "redis" else "in-process store"
@@ -387,7 +417,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
     fig.suptitle(
         f"Soak: cds serve, {store}, {res.get('preload', {}).get('accepted', 0):,} results, "
         f"{a['rate']:.0f} checks/s open loop for {span} "
-        f"({m['cores']}-core shared VM)",
+        f"({m['cores']}-core VM shared with other work: see the bottom panel)",
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.97))
