@@ -6,7 +6,7 @@ LISTEN ?= 127.0.0.1:50051
 METRICS_LISTEN ?= 127.0.0.1:9464
 CATALOG ?= catalog/catalog.json
 
-.PHONY: venv proto proto-check run test lint bench clean
+.PHONY: venv proto proto-check run test lint bench soak faults clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,21 @@ lint: venv
 BENCH_ARGS ?=
 bench: venv proto
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# Minutes of steady load on a preloaded server: per minute RSS, threads, open files,
+# p50/p99 and errors -> benchmarks/results/soak.{json,png}, SOAK.md. Not in `make test`.
+# e.g. make soak SOAK_SECONDS=900 SOAK_ARGS="--store redis --workers 2"
+SOAK_SECONDS ?= 300
+SOAK_ARGS ?=
+soak: venv proto
+	$(BIN)/python -m benchmarks.soak --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
+
+# Faults under steady load (Redis kill -9/SIGSTOP, a worker killed, reloads, SIGTERM),
+# each with the calls that failed -> benchmarks/results/FAULTS.md, faults.json (~6 min).
+# e.g. make faults FAULTS_ARGS="--only redis-freeze,sigterm". Not in `make test`.
+FAULTS_ARGS ?=
+faults: venv proto
+	$(BIN)/python -m benchmarks.faults $(FAULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

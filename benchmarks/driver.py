@@ -71,6 +71,9 @@ class Recorder:
         self.latency_us = array("q")  # completion - due
         self.service_us = array("q")  # completion - actual send
         self.errors: Counter[str] = Counter()
+        self.error_due_us = array("q")  # due time of each failed call (faults.py splits by phase)
+        self.error_codes: list[str] = []
+        self.marked = array("b")  # per answer (as due_us): 1 if it contained ``mark``
         self.completed = 0
         self.response_bytes = 0
         self.lock = threading.Lock()
@@ -117,6 +120,7 @@ def open_loop(
     max_inflight: int = 2000,
     timeout: float = 2.0,
     late_s: float = 0.001,
+    mark: bytes = b"",
 ) -> tuple[dict[str, Any], Recorder]:
     precise_sleep()
     channel, call = _connect(target, bodies[0])
@@ -132,9 +136,13 @@ def open_loop(
         try:
             resp = fut.result()
         except grpc.RpcError as exc:
-            rec.errors[exc.code().name] += 1
+            code = exc.code().name
+            rec.errors[code] += 1
+            rec.error_due_us.append(int((due - start) * 1e6))
+            rec.error_codes.append(code)
         else:
             rec.response_bytes += len(resp)
+            rec.marked.append(1 if mark and mark in resp else 0)
             rec.due_us.append(int((due - start) * 1e6))
             rec.latency_us.append(int((t - due) * 1e6))
             rec.service_us.append(int((t - sent) * 1e6))
@@ -188,6 +196,7 @@ def open_loop(
         "sent": sent_n,
         "ok": len(rec.latency_us),
         "errors": dict(rec.errors),
+        "marked": sum(rec.marked),
         "late": late,
         "dropped": dropped,
         "max_send_lag_us": max_lag_us,
@@ -284,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=2.0)
     p.add_argument("--late-ms", type=float, default=1.0)
     p.add_argument("--raw", action="store_true", help="include each call's due time/latency")
+    p.add_argument(
+        "--mark",
+        default="",
+        help="count answers whose bytes contain this text (e.g. RESULTS_UNAVAILABLE, a "
+        "degraded answer); with --raw, a flag per answer too",
+    )
     args = p.parse_args(argv)
     bodies = read_bodies(args.bodies)
     if args.rate:
@@ -298,10 +313,14 @@ def main(argv: list[str] | None = None) -> int:
             max_inflight=args.max_inflight,
             timeout=args.timeout,
             late_s=args.late_ms / 1000,
+            mark=args.mark.encode(),
         )
         if args.raw:
             out["raw_due_us"] = base64.b64encode(rec.due_us.tobytes()).decode()
             out["raw_latency_us"] = base64.b64encode(rec.latency_us.tobytes()).decode()
+            out["raw_error_due_us"] = base64.b64encode(rec.error_due_us.tobytes()).decode()
+            out["raw_error_codes"] = rec.error_codes
+            out["raw_marked"] = base64.b64encode(rec.marked.tobytes()).decode()
     elif args.concurrency:
         out = closed_loop(args.target, bodies, args.concurrency, args.duration, args.warmup)
     else:

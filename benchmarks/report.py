@@ -311,6 +311,20 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- markdown
 
 
+# The soak and the fault run are their own commands (minutes each), with their own
+# files beside these; RESULTS.md only points at them, so a bench run keeps the link.
+ROBUSTNESS = [
+    "",
+    "## Soak and fault run",
+    "",
+    "Not part of `make bench`; see benchmarks/README.md. `make soak` (minutes of steady "
+    "load, per-minute RSS, p50/p99 and errors): [SOAK.md](SOAK.md), `soak.png`, "
+    "`soak.json`. `make faults` (Redis kill -9 and SIGSTOP, a worker killed, reloads and "
+    "SIGTERM under load, with the failed calls of each): [FAULTS.md](FAULTS.md), "
+    "`faults.json`.",
+]
+
+
 def markdown(res: dict[str, Any]) -> str:
     h = res["headline"]
     m = res["machine"]
@@ -362,6 +376,7 @@ def markdown(res: dict[str, Any]) -> str:
     lines += _engine_lines(res.get("engine"))
     lines += _reload_lines(res.get("reload"), res)
     lines += _redis_lines(res.get("redis"), res.get("workers"), res)
+    lines += ROBUSTNESS
     lines += ["", "Plot: `latency_vs_rate.png`. All figures: `results.json`.", ""]
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ across instances, acknowledged writes, and faults that surface fast and heal by 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -283,3 +284,36 @@ def test_on_a_cluster_patients_spread_over_slots_and_invalidations_still_flow(re
         await eventually(b_sees_withdrawal, timeout_s=2.0)
 
     run(redis_cluster, scenario, n=2, near_cache_ttl_s=60.0, connect_timeout_s=0.5)
+
+
+def test_a_frozen_redis_stops_the_near_cache_within_the_read_timeout_and_it_returns_flushed(
+    redis_server,
+):
+    """SIGSTOP keeps every socket open and silent: the invalidation subscription sees no
+    error at all, so only a heartbeat on it can tell that invalidations stopped flowing."""
+
+    async def scenario(raw: Redis, clock: FakeClock, store: RedisResultStore) -> None:
+        later = clock.now_us + US_PER_DAY
+        await store.put_many([row("p", "r1", reported_at_us=1, expires_at_us=later)])
+        assert ids(await store.get_patient("p")) == {"K": ["r1"]}  # now in the near-cache
+        redis_server.pause()
+        try:
+            # read timeout 50 ms, plus a margin for a busy machine
+            await asyncio.sleep(0.05 + 0.25)
+            for _ in range(5):
+                with pytest.raises(ResultsUnavailable):
+                    await store.get_patient("p")  # never the near-cache's possibly stale copy
+        finally:
+            redis_server.resume()
+        # a write that reached Redis without an invalidation the store could have seen
+        await raw.hset("cds:r:{p}", "r2", _pack(StoredResult("r2", "K", "H", 5, True), later))
+
+        async def sees_r2():
+            with contextlib.suppress(ResultsUnavailable):
+                return ids(await store.get_patient("p")) == {"K": ["r2", "r1"]}
+            return False
+
+        await eventually(sees_r2, timeout_s=3.0)  # near-cache TTL is 60 s: it was flushed
+        assert await store.start(timeout_s=3.0)  # and it is trusted again
+
+    run(redis_server, scenario, near_cache_ttl_s=60.0, **FAST)

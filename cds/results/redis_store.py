@@ -39,7 +39,21 @@ any worker or replica adds or withdraws a result because:
 4. the near-cache is used only while the subscription is confirmed: when it drops it
    is cleared and bypassed, and cleared again on resubscribing (messages may have been
    missed in between);
-5. the TTL bounds staleness if all of that somehow fails.
+5. the subscription is heartbeaten: a ``PING`` on the subscribed connection every
+   ``heartbeat_s`` (default half the read timeout) while checks use the near-cache,
+   once a second while none does. Redis answers a connection in order, so its
+   ``pong`` proves that every invalidation published before that PING has been
+   delivered; the near-cache is served from only while a PING sent within the last
+   ``read_timeout_s`` has been answered. A frozen Redis (SIGSTOP, a hung host, a
+   black-holed network) keeps the socket open and silent, which no error reveals:
+   without the heartbeat the near-cache answered checks, as not degraded, for its
+   whole TTL. Now within the read timeout checks stop using it, read Redis, time out
+   and report ``RESULTS_UNAVAILABLE``; a PING left unanswered that long also clears
+   it (logged), and the next fresh pong flushes it once more and trusts it again. A
+   subscription with a PING unanswered for ``max(1 s, 20 x read timeout)`` is closed
+   and opened afresh. Cost: 40 PINGs a second per process while checks use the
+   near-cache, one a second while idle;
+6. the TTL bounds staleness if all of that somehow fails.
 
 So another instance sees a write as soon as it has processed the invalidation
 message, shortly after ``put_many`` returns, not atomically with it. Checks tolerate
@@ -79,6 +93,7 @@ import logging
 import struct
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
@@ -154,6 +169,7 @@ return out
 """
 
 _PATIENTS_PER_SCRIPT = 64
+_HEARTBEAT = b"cds-hb:"  # + the monotonic time the PING was sent; comes back in its pong
 _NEVER = 1 << 62
 
 
@@ -238,6 +254,7 @@ class RedisResultStore:
         chunk_rows: int = 1_000,
         count_refresh_s: float = 5.0,
         maintenance_interval_s: float = 1.0,
+        heartbeat_s: float | None = None,
     ) -> None:
         # Checks read with the read timeouts (through the pipelined link where it serves
         # the URL); writes, scripts and pub/sub go through redis-py with the longer ones.
@@ -270,6 +287,19 @@ class RedisResultStore:
             TTLCache(near_cache_size, near_cache_ttl_s) if near_cache_size > 0 else None
         )
         self._near_live = False  # only while the invalidation subscription is confirmed
+        # The heartbeat (see the module docstring): the near-cache is served from while the
+        # newest PING answered on the subscription was sent at most _trust_s ago.
+        self._trust_s = read_timeout_s
+        self._heartbeat_s = read_timeout_s / 2 if heartbeat_s is None else heartbeat_s
+        self._stall_s = max(1.0, 20 * read_timeout_s)
+        self._heard_at = -1e9  # time.monotonic() at which that PING was sent
+        self._used_at = -1e9  # the last read that wanted the near-cache
+        self._active_s = max(near_cache_ttl_s, 1.0)  # then PINGs at _heartbeat_s, else 1/s
+        # How often Redis left a PING unanswered past _trust_s (near-cache suspended): tests.
+        self.heartbeat_lapses = 0
+        self._suspended_at = 0.0  # when the current suspension began; 0 while none
+        self._lapse_logged_at = -1e9
+        self._lapses_unlogged = 0
         self._subscribed = asyncio.Event()
         self._epoch = 0
         # How many times the invalidation subscription was (re)confirmed: for health and tests.
@@ -278,6 +308,7 @@ class RedisResultStore:
         self._count = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._backoff = 0.05  # between attempts to (re)subscribe
 
     def _key(self, patient_id: str) -> str:
         return f"{self._prefix}r:{{{patient_id}}}"
@@ -333,8 +364,32 @@ class RedisResultStore:
         else:
             self._subscribed.clear()
 
+    def _suspend(self, now: float, waited_s: float) -> None:
+        """Redis left a PING unanswered past the trust window: clear the near-cache and
+        bypass it until a fresh PING is answered. Logged at most once per 10 s, with how
+        many suspensions that covers (a flapping link must not flood the log)."""
+        self._set_near_live(False)
+        self.heartbeat_lapses += 1
+        self._suspended_at = now
+        self._lapses_unlogged += 1
+        if now - self._lapse_logged_at >= 10.0:
+            log.warning(
+                "results near-cache suspended: Redis has not answered a heartbeat for %d ms "
+                "(%d suspension(s) since the last such line)",
+                waited_s * 1000,
+                self._lapses_unlogged,
+            )
+            self._lapse_logged_at = now
+            self._lapses_unlogged = 0
+
+    def _resume(self, now: float) -> None:
+        if self._suspended_at:
+            log.info("results near-cache resumed, flushed, after %.1f s", now - self._suspended_at)
+            self._suspended_at = 0.0
+        self._set_near_live(True)  # clears it once more: trusted from empty
+
     async def _follow_invalidations(self) -> None:
-        backoff = 0.05
+        self._backoff = 0.05
         while not self._closed:
             try:
                 if self._cluster:
@@ -342,21 +397,11 @@ class RedisResultStore:
                 pubsub = self._writer.pubsub()
             except Exception as exc:
                 log.warning("results invalidation subscription failed: %s", type(exc).__name__)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+                await asyncio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, 1.0)
                 continue
             try:
-                await pubsub.subscribe(self._channel)
-                while not self._closed:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":
-                        self._set_near_live(True)  # anything missed before is gone too
-                        self.subscriptions_confirmed += 1
-                        backoff = 0.05
-                    elif message["type"] == "message":
-                        self._invalidate(orjson.loads(message["data"]))
+                await self._follow(pubsub)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: stop trusting the near-cache
@@ -365,8 +410,65 @@ class RedisResultStore:
                 self._set_near_live(False)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, 1.0)
+
+    async def _follow(self, pubsub: Any) -> None:
+        """Subscribe, heartbeat and apply invalidations until the subscription fails.
+
+        ``pending`` holds the send times of the commands not answered yet (the SUBSCRIBE,
+        then PINGs), oldest first: Redis answers them in order. PINGs go out every
+        ``_heartbeat_s`` while reads use the near-cache (within ``_active_s`` of one),
+        else once a second, which still notices a frozen Redis while the server idles
+        (each PING costs a wakeup or two; the first reads after an idle spell go to Redis
+        until the fast rate resumes).
+        """
+        self._heard_at = -1e9
+        now = time.monotonic()
+        pending: deque[float] = deque([now])
+        await pubsub.subscribe(self._channel)
+        subscribed = False
+        next_ping = now
+        while not self._closed:
+            now = time.monotonic()
+            active = now - self._used_at < self._active_s
+            if now >= next_ping:
+                pending.append(now)
+                await pubsub.ping(_HEARTBEAT + repr(now).encode())
+                next_ping = now + (self._heartbeat_s if active else 1.0)
+            if pending:
+                waited = now - pending[0]
+                if waited > self._stall_s:
+                    raise TimeoutError("redis answered no heartbeat")
+                if waited > self._trust_s and self._near_live:
+                    self._suspend(now, waited)
+            message = await pubsub.get_message(timeout=max(next_ping - now, 0.001))
+            if message is None:
+                continue
+            kind = message["type"]
+            if kind == "message":
+                self._invalidate(orjson.loads(message["data"]))
+            elif kind == "pong":
+                data = message["data"]
+                if not (isinstance(data, bytes) and data.startswith(_HEARTBEAT)):
+                    continue
+                sent_at = float(data[len(_HEARTBEAT) :])
+                while pending and pending[0] <= sent_at:
+                    pending.popleft()
+                self._heard_at = max(self._heard_at, sent_at)
+                now = time.monotonic()
+                if subscribed and not self._subscribed.is_set() and now - sent_at <= self._trust_s:
+                    self._resume(now)
+            elif kind == "subscribe":
+                # A new subscription (also redis-py's own resubscribe after a reconnect):
+                # anything published before it may have been missed, so start from empty,
+                # trusted once a later PING is answered.
+                self._set_near_live(False)
+                pending.clear()
+                subscribed = True
+                next_ping = time.monotonic()
+                self.subscriptions_confirmed += 1
+                self._backoff = 0.05
 
     async def _maintain(self) -> None:
         """Prune patients a read found expired rows in; refresh the approximate count."""
@@ -474,11 +576,15 @@ class RedisResultStore:
     async def get_patient(self, patient_id: str) -> PatientResults:
         self._ensure_started()
         near = self._near
-        if self._near_live and near is not None:
-            cached = near.get(patient_id)
-            # a cached patient whose earliest row has since expired is read afresh
-            if cached is not None and cached[1] > self._clock() * US_PER_SECOND:
-                return cached[0]
+        if near is not None:
+            now = time.monotonic()
+            self._used_at = now  # keeps the heartbeat at its fast rate
+            # only while Redis answered a heartbeat lately (a frozen Redis is silent)
+            if self._near_live and now - self._heard_at <= self._trust_s:
+                cached = near.get(patient_id)
+                # a cached patient whose earliest row has since expired is read afresh
+                if cached is not None and cached[1] > self._clock() * US_PER_SECOND:
+                    return cached[0]
         epoch = self._epoch
         pipe = self._pipe
         if pipe is not None:  # raises ResultsUnavailable itself
