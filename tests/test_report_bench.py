@@ -27,4 +27,3 @@ def test_the_report_benchmark_prints_one_json_line_and_the_engines_agree():
     assert result["orjson_agrees"] is True
     assert result["duckdb_core_agrees"] is True
     assert result.get("polars_core_agrees", True) is True  # when Polars is installed
-
