@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from cds.metrics import RpcMetrics
 from cds.service.admission import Admission
@@ -39,14 +41,57 @@ def invalid_argument(details: str) -> RpcFailure:
     return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, details)
 
 
-def instrumented(handler: Handler, m: RpcMetrics, admission: Admission) -> Handler:
-    """Wrap one bound handler: admission, started/handled counters, latency, failures to
-    status. A call refused admission is counted too (started, and handled by its code)."""
+CLIENT_FAULT_LOG_EVERY_S = 60.0
+
+
+class ClientFaults:
+    """A WARNING for a client's malformed calls at most once per interval, with a count.
+
+    Whoever can reach the port can send them as fast as the network allows; a line per
+    call would let them fill the disk. The first is logged at once (an integrator
+    testing a new client sees it), later ones in the same interval are only counted and
+    reported with the next line. Never the body: it may carry patient identifiers.
+    """
+
+    def __init__(self, every_s: float = CLIENT_FAULT_LOG_EVERY_S) -> None:
+        self._every_s = every_s
+        self._logged_at = -every_s
+        self._unlogged = 0
+
+    def note(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._logged_at < self._every_s:
+            self._unlogged += 1
+            return
+        since = f"; {self._unlogged} more since the last report" if self._unlogged else ""
+        log.warning("client fault: %s%s", what, since)
+        self._logged_at = now
+        self._unlogged = 0
+
+
+def instrumented(
+    handler: Handler,
+    m: RpcMetrics,
+    admission: Admission,
+    request_type: Any,
+    faults: ClientFaults,
+) -> Handler:
+    """Wrap one bound handler: admission, parsing the body, started/handled counters,
+    latency, failures to status. A call refused admission is counted too (started, and
+    handled by its code).
+
+    The body arrives as bytes and is parsed here, not by grpc: grpc's own deserializer
+    answers a bad body ``UNKNOWN`` with an ERROR traceback and no metric. Here it is the
+    client's fault it is: ``INVALID_ARGUMENT`` naming the message (``request_type``, a
+    generated message class), counted, logged through ``faults``.
+    """
     started_inc = m.started.inc
     ok_inc = m.handled_ok.inc
     observe = m.seconds.observe
+    parse = request_type.FromString
+    undecodable = f"cannot decode {request_type.DESCRIPTOR.full_name}"
 
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def call(body: bytes, context: grpc.aio.ServicerContext) -> Any:
         if admission.inflight >= admission.limit:
             code, details = admission.refusal()
             started_inc()
@@ -57,6 +102,11 @@ def instrumented(handler: Handler, m: RpcMetrics, admission: Admission) -> Handl
         started_inc()
         t0 = perf_counter()
         try:
+            try:
+                request = parse(body)
+            except DecodeError:
+                faults.note(f"{undecodable} ({m.name})")
+                raise invalid_argument(undecodable) from None
             response = await handler(request, context)
         except RpcFailure as failure:
             m.handled(failure.code).inc()

@@ -20,7 +20,7 @@ from cds.service.admin import CatalogAdmin
 from cds.service.admission import Admission
 from cds.service.check import OrderCheck
 from cds.service.feed import ResultFeed
-from cds.service.rpc import instrumented
+from cds.service.rpc import ClientFaults, instrumented
 from cds.v1 import catalog_admin_pb2, order_check_pb2, result_feed_pb2
 
 
@@ -124,12 +124,15 @@ def register(
     on every call.
     """
     by_class = {type(a): a for a in adapters}
+    faults = ClientFaults()
     per_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
     for rpc in RPCS:
         bound = rpc.handler.__get__(by_class[rpc.owner], rpc.owner)
         per_service.setdefault(rpc.service, {})[rpc.method] = grpc.unary_unary_rpc_method_handler(
-            instrumented(bound, metrics.rpc(rpc.service, rpc.method), admission),
-            request_deserializer=rpc.request.FromString,
+            instrumented(
+                bound, metrics.rpc(rpc.service, rpc.method), admission, rpc.request, faults
+            ),
+            request_deserializer=None,  # bytes: instrumented() parses, and answers bad ones
             response_serializer=rpc.response.SerializeToString,
         )
     for service, methods in per_service.items():
