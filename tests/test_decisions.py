@@ -128,12 +128,13 @@ def test_offered_overrides_are_those_shown_on_the_line():
     assert offered_overrides(EVALUATION.items[1]) == {}
 
 
-def test_identical_feedback_is_recognised_as_a_retry_and_different_feedback_is_not():
+def test_the_last_recorded_feedback_of_a_line_is_what_a_change_of_mind_replaces():
     memory = DecisionMemory()
     key = FeedbackKey(2, "A", "", "dr")
-    assert not memory.already_recorded("d1", "1", key)
+    assert memory.last_recorded("d1", "1") is None
     memory.mark_recorded("d1", "1", key)
-    assert memory.already_recorded("d1", "1", key)
-    assert not memory.already_recorded("d1", "1", FeedbackKey(1, "", "", "dr"))
-    memory.forget_recorded("d1", "1")
-    assert not memory.already_recorded("d1", "1", key)
+    assert memory.last_recorded("d1", "1") == key
+    assert memory.last_recorded("d1", "2") is None
+    changed = FeedbackKey(1, "", "", "dr")
+    memory.mark_recorded("d1", "1", changed)
+    assert memory.last_recorded("d1", "1") == changed

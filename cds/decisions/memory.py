@@ -237,10 +237,6 @@ class DecisionMemory:
     def __len__(self) -> int:
         return len(self._decisions)
 
-    def already_recorded(self, decision_id: str, line_id: str, feedback: FeedbackKey) -> bool:
-        """True when exactly this feedback was recorded for the line (a retry)."""
-        return self._feedback.get((decision_id, line_id)) == feedback
-
     def last_recorded(self, decision_id: str, line_id: str) -> FeedbackKey | None:
         """The feedback this process last recorded for the line (a change of mind
         replaces it: the live recognition figures count only the latest)."""
@@ -248,9 +244,6 @@ class DecisionMemory:
 
     def mark_recorded(self, decision_id: str, line_id: str, feedback: FeedbackKey) -> None:
         self._feedback[(decision_id, line_id)] = feedback
-
-    def forget_recorded(self, decision_id: str, line_id: str) -> None:
-        self._feedback.pop((decision_id, line_id), None)
 
 
 def find_line(remembered: Remembered, line_id: str) -> ItemDecision | None:

@@ -15,7 +15,13 @@ import time
 from enum import Enum
 from typing import NamedTuple
 
-from cds.decisions.memory import DecisionMemory, FeedbackKey, find_line, offered_overrides
+from cds.decisions.memory import (
+    DecisionMemory,
+    FeedbackKey,
+    Remembered,
+    find_line,
+    offered_overrides,
+)
 from cds.decisions.recorder import DecisionRecorder, FeedbackRecord
 from cds.domain import Decision, FeedbackOutcome, ItemDecision, ReasonCode
 from cds.metrics import Metrics
@@ -99,6 +105,10 @@ class FeedbackDesk:
         self._memory = memory
         self._metrics = metrics
         self._recorder = recorder
+        # (decision_id, line_id) -> the write in progress for that line. A second
+        # feedback for the line waits for it: a duplicate may be acknowledged only once
+        # the first copy is on disk, and a change of mind must know what it replaces.
+        self._writing: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     async def submit(self, feedback: Feedback, timeout_s: float) -> None:
         """Return once the feedback is recorded (or was already); raise FeedbackRefused.
@@ -127,40 +137,50 @@ class FeedbackDesk:
         elif outcome != FeedbackOutcome.ACCEPTED:
             raise FeedbackRefused(Refusal.INVALID, "outcome: must be ACCEPTED or OVERRIDDEN")
         key = FeedbackKey(outcome, override_code, comment, clinician_id)
-        previous = self._memory.last_recorded(decision_id, line_id)
-        if previous == key:
-            return  # a retry: recorded already
-        self._memory.mark_recorded(decision_id, line_id, key)
-        record = FeedbackRecord(
-            decision_id,
-            line_id,
-            FeedbackOutcome(outcome),
-            override_code,
-            comment,
-            # Without a clinician on the feedback, it is the ordering clinician's.
-            clinician_id or remembered.clinician_id,
-            time.time_ns() // 1000,
-            remembered,
-            line,
-        )
         try:
             async with asyncio.timeout(timeout_s):
-                await self._recorder.feedback(record)
-        except Exception as e:
-            log.warning("feedback not recorded: %s: %s", type(e).__name__, e)
-            if previous is None:
-                self._memory.forget_recorded(decision_id, line_id)
-            else:  # the earlier feedback is still the line's latest
-                self._memory.mark_recorded(decision_id, line_id, previous)
-            raise FeedbackRefused(
-                Refusal.UNAVAILABLE, "feedback could not be recorded; retry"
-            ) from e
+                written, previous = await self._write_once(feedback, key, remembered, line)
+        except TimeoutError as e:
+            log.warning("feedback not recorded within its deadline")
+            raise _unrecorded() from e
+        if not written:
+            return  # a retry of a feedback already on disk
         if outcome == FeedbackOutcome.ACCEPTED:
             self._metrics.feedback_accepted.inc()
         else:
             self._metrics.feedback_overridden.inc()
         if any(r.code == ReasonCode.RECOGNIZABLE_RESULT_EXISTS for r in line.reasons):
             self._count_recognition(remembered.institution_id, key, previous)
+
+    async def _write_once(
+        self, feedback: Feedback, key: FeedbackKey, remembered: Remembered, line: ItemDecision
+    ) -> tuple[bool, FeedbackKey | None]:
+        """Write the feedback unless exactly it is on disk already: (written, what it
+        replaces). One write per line at a time; the line is marked recorded only after
+        its write returned, so a duplicate arriving meanwhile waits and then finds it
+        (or, if that write failed, tries its own)."""
+        line_key = (feedback.decision_id, feedback.line_id)
+        while (writing := self._writing.get(line_key)) is not None:
+            # shield: this caller's deadline must not cancel the other caller's write.
+            await asyncio.shield(writing)
+        previous = self._memory.last_recorded(*line_key)
+        if previous == key:
+            return False, previous
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writing[line_key] = done
+        try:
+            await self._recorder.feedback(_record(feedback, remembered, line))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("feedback not recorded: %s: %s", type(e).__name__, e)
+            raise _unrecorded() from e
+        else:
+            self._memory.mark_recorded(*line_key, key)
+        finally:
+            del self._writing[line_key]
+            done.set_result(None)  # waiters re-read what is recorded, whatever happened
+        return True, previous
 
     def _count_recognition(
         self, institution: str, key: FeedbackKey, previous: FeedbackKey | None
@@ -171,6 +191,25 @@ class FeedbackDesk:
         metrics.recognition_feedback(institution, *_labels(key)).inc()
         if previous is not None:
             metrics.recognition_feedback(institution, *_labels(previous), replaced=True).inc()
+
+
+def _record(feedback: Feedback, remembered: Remembered, line: ItemDecision) -> FeedbackRecord:
+    return FeedbackRecord(
+        feedback.decision_id,
+        feedback.line_id,
+        FeedbackOutcome(feedback.outcome),
+        feedback.override_code,
+        feedback.comment,
+        # Without a clinician on the feedback, it is the ordering clinician's.
+        feedback.clinician_id or remembered.clinician_id,
+        time.time_ns() // 1000,
+        remembered,
+        line,
+    )
+
+
+def _unrecorded() -> FeedbackRefused:
+    return FeedbackRefused(Refusal.UNAVAILABLE, "feedback could not be recorded; retry")
 
 
 def _labels(key: FeedbackKey) -> tuple[str, str]:
