@@ -19,6 +19,8 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 # Beyond this grpc.aio answers RESOURCE_EXHAUSTED at once instead of queueing.
 DEFAULT_MAX_CONCURRENT_RPCS = 1000
+# A load balancer holds one health Watch per backend check; reflection is for people.
+DEFAULT_MAX_STREAMS = 100
 # Relative to the working directory; `make run` keeps it under the git-ignored var/.
 DEFAULT_DECISION_LOG = "var/decisions.jsonl"
 # Rotated at 64 MiB into .1 … .10: about 700 MB of history.
@@ -190,7 +192,19 @@ class ServeConfig:
     max_concurrent_rpcs: int = field(
         default=DEFAULT_MAX_CONCURRENT_RPCS,
         metadata=_setting(
-            "beyond this, calls get RESOURCE_EXHAUSTED at once", check="positive", group=SECURITY
+            "calls in progress (streams not counted); beyond this, calls get "
+            "RESOURCE_EXHAUSTED at once",
+            check="positive",
+            group=SECURITY,
+        ),
+    )
+    max_streams: int = field(
+        default=DEFAULT_MAX_STREAMS,
+        metadata=_setting(
+            "open health Watch and reflection streams; beyond this a new one gets "
+            "RESOURCE_EXHAUSTED (they never take the room of --max-concurrent-rpcs)",
+            check="positive",
+            group=SECURITY,
         ),
     )
     deadline_cap: float = field(

@@ -279,6 +279,11 @@ class Metrics:
             "Results rejected by PutResults as invalid.",
             registry=r,
         )
+        self.streams_refused = Counter(
+            "cds_streams_refused_total",
+            "Health Watch and reflection streams refused over --max-streams.",
+            registry=r,
+        )
         self.results_cached = Gauge(
             "cds_results_cached",
             "Results currently held by the results store.",

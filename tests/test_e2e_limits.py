@@ -12,6 +12,7 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cds.config import ServeConfig
 from cds.decisions.recorder import NoRecorder
@@ -27,11 +28,12 @@ from tests.support.server import TEST_CATALOG, running_server
 pytestmark = pytest.mark.e2e
 
 MAX_RPCS = 2
+MAX_STREAMS = 3
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    args = ["--max-concurrent-rpcs", str(MAX_RPCS)]
+    args = ["--max-concurrent-rpcs", str(MAX_RPCS), "--max-streams", str(MAX_STREAMS)]
     with running_server(tmp_path_factory.mktemp("limits"), extra_args=args) as s:
         yield s
 
@@ -58,36 +60,45 @@ def test_the_largest_contract_valid_put_results_is_admitted(server):
     assert server.feed.PutResults(request, timeout=30).accepted == 10_000
 
 
-def test_over_the_concurrency_limit_calls_are_refused_at_once_not_queued(server):
-    """Health watches are real long-lived RPCs: holding MAX_RPCS of them fills the server.
-
-    A queued Check would wait for a slot and end DEADLINE_EXCEEDED after its 10 s;
-    shedding answers RESOURCE_EXHAUSTED as soon as the call arrives.
-    """
+def _watch(server):
     health = health_pb2_grpc.HealthStub(server.channel)
-    watches = [
-        health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60) for _ in range(MAX_RPCS)
-    ]
+    return health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+
+
+def test_held_health_watches_never_take_the_room_of_checks(server):
+    """Unauthenticated Watch streams last as long as their client likes: held up to their
+    own bound they leave every Check slot free; beyond it a new stream (Watch or
+    reflection) is refused at once, and the room comes back when they end."""
+    watches = [_watch(server) for _ in range(MAX_STREAMS)]
     try:
         for watch in watches:  # each is admitted and streaming: its slot is held
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        calls = [server.check.Check.future(check_request(), timeout=10) for _ in range(MAX_RPCS)]
+        assert [c.result().decision for c in calls] == [types_pb2.DECISION_ALLOW] * MAX_RPCS
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as info:
-            server.check.Check(check_request(), timeout=10)
+            next(_watch(server))
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-streams" in info.value.details()
         assert time.monotonic() - started < 5  # refused, not parked until the deadline
+        reflection = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+        with pytest.raises(grpc.RpcError) as info:
+            ask = reflection_pb2.ServerReflectionRequest(list_services="")
+            next(reflection.ServerReflectionInfo(iter([ask]), timeout=10))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "cds_streams_refused_total 2.0" in server.metrics_text()
     finally:
         for watch in watches:
             watch.cancel()
-    # The slots come back once the watches end.
+    # The streams' room comes back once the watches end.
     deadline = time.monotonic() + 5
     while True:
         try:
-            server.check.Check(check_request(), timeout=5)
+            assert next(_watch(server)).status == health_pb2.HealthCheckResponse.SERVING
             break
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert time.monotonic() < deadline, "slots not released"
+            assert time.monotonic() < deadline, "stream slots not released"
             time.sleep(0.05)
 
 
@@ -158,3 +169,66 @@ def test_the_deadline_cap_ends_a_feed_call_stuck_on_a_hung_store(redis_server, t
 RESULT_CAP_MESSAGE = (
     "the results store did not answer within the server's deadline cap; retry the batch"
 )
+
+
+def test_unary_calls_beyond_the_cap_are_refused_at_once_and_counted(redis_server, tmp_path):
+    """--max-concurrent-rpcs bounds unary calls by itself: with two feed calls stuck on
+    a hung store, a third call is refused RESOURCE_EXHAUSTED at once (the EMR fails
+    open), in the metrics, while a health Watch is still admitted on its own bound."""
+    config = ServeConfig(
+        catalog=str(TEST_CATALOG),
+        listen="127.0.0.1:0",
+        metrics_listen="127.0.0.1:0",
+        decision_log=None,
+        grace=0,
+        drain_seconds=0,
+        deadline_cap=3.0,
+        max_concurrent_rpcs=MAX_RPCS,
+        max_streams=1,
+    )
+
+    async def scenario() -> tuple[grpc.StatusCode, str, float, int]:
+        metrics = Metrics()
+        store = RedisResultStore(redis_server.url)
+        await store.start()
+        state = CatalogState.load(config.catalog, metrics=metrics)
+        server = CdsServer(config, state, store, metrics, NoRecorder())
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        feed = result_feed_pb2_grpc.ResultFeedServiceStub(channel)
+        check = order_check_pb2_grpc.OrderCheckServiceStub(channel)
+        put = result_feed_pb2.PutResultsRequest(
+            results=[result("R1", patient_id="cap-2", reported_at_us=now_us() - DAY_US)]
+        )
+        try:
+            redis_server.pause()
+            stuck = [asyncio.ensure_future(feed.PutResults(put, timeout=10)) for _ in range(2)]
+            while server.admission.inflight < MAX_RPCS:
+                await asyncio.sleep(0.01)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            started = time.monotonic()
+            try:
+                await check.Check(check_request(), timeout=10)
+                outcome = (grpc.StatusCode.OK, "")
+            except grpc.aio.AioRpcError as e:
+                outcome = (e.code(), e.details() or "")
+            elapsed = time.monotonic() - started
+            watch.cancel()
+            redis_server.resume()
+            await asyncio.gather(*stuck, return_exceptions=True)
+            exhausted = metrics.rpc("cds.v1.OrderCheckService", "Check").handled(
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+            )
+            refused = int(exhausted._value.get())
+        finally:
+            redis_server.resume()
+            await channel.close()
+            await server.stop()
+        return (*outcome, elapsed, refused)
+
+    code, details, elapsed, refused = asyncio.run(scenario())
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.startswith("server busy: --max-concurrent-rpcs 2 calls in progress")
+    assert elapsed < 1.0
+    assert refused == 1

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import start_http_server
 
 from cds.catalog.load import CatalogError, parse_catalog
@@ -49,6 +49,7 @@ from cds.service.admission import Admission
 from cds.service.check import OrderCheck
 from cds.service.feed import ResultFeed
 from cds.service.rpcs import METHOD_ROLES, SERVICE_NAMES, register
+from cds.service.streams import Gated, StreamGate
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ class CdsServer:
         self._httpd: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         # Our calls in flight, and the refusal of new ones once the drain window is over.
-        self.admission = Admission()
+        self.admission = Admission(config.max_concurrent_rpcs)
+        self.streams = StreamGate(config.max_streams, metrics.streams_refused.inc)
         self._serving = False  # started: a stop then owes load balancers the drain window
         self._hurry = asyncio.Event()
         self.authenticator = authenticator
@@ -156,7 +158,11 @@ class CdsServer:
             # One process owns the port: fail loudly if it is taken instead of sharing it.
             # Workers of one `cds serve --workers N` share it on purpose (SO_REUSEPORT).
             options=[*server_options(), ("grpc.so_reuseport", 0 if role is None else 1)],
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            # Each kind is bounded by our own count, Admission (unary calls) and the
+            # StreamGate (streams): neither can starve the other, and a refusal is
+            # counted and says which bound. grpc's cap, twice their sum, leaves room
+            # for those refusals and sheds a flood beyond them before any Python runs.
+            maximum_concurrent_rpcs=2 * (config.max_concurrent_rpcs + config.max_streams),
         )
         self._register()
 
@@ -231,14 +237,18 @@ class CdsServer:
                 self.config, self.state, checker, desk, self.memory, self.metrics,
                 ssl_context=self._hooks_tls(), reuse_port=self.role is not None,
             )  # fmt: skip
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
+        health_pb2_grpc.add_HealthServicer_to_server(
+            Gated(self.health, self.streams, ("Watch",)), self.server
+        )
+        reflection_servicer = reflection.aio.ReflectionServicer(
             (
                 *SERVICE_NAMES,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
-            ),
-            self.server,
+            )
+        )
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            Gated(reflection_servicer, self.streams, ("ServerReflectionInfo",)), self.server
         )
 
     def _hooks_tls(self) -> Any:

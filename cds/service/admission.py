@@ -7,7 +7,9 @@ own shutdown catches) and waits for the ones in flight, so ``grpc.aio``'s stop f
 nothing of ours left to cancel.
 
 The wrapper's whole cost is one comparison before the call and one decrement after it:
-``inflight >= limit`` covers both refusals, ``limit`` dropping to 0 when stopping.
+``inflight >= limit`` covers both refusals: ``limit`` is ``--max-concurrent-rpcs``
+(``RESOURCE_EXHAUSTED``, the EMR fails open at once), dropping to 0 when stopping
+(``UNAVAILABLE``).
 """
 
 from __future__ import annotations
@@ -18,16 +20,20 @@ import sys
 import grpc
 
 REFUSED_STOPPING = "the server is shutting down: retry, another replica will answer"
+REFUSED_BUSY = "server busy: --max-concurrent-rpcs {limit} calls in progress; retry shortly"
 
 
 class Admission:
     """The calls in flight and how many more may start; one per server, loop thread only."""
 
-    __slots__ = ("_idle", "inflight", "limit")
+    __slots__ = ("_idle", "cap", "inflight", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, cap: int = sys.maxsize) -> None:
         self.inflight = 0
-        self.limit = sys.maxsize
+        # --max-concurrent-rpcs: unary calls only (streams have a gate of their own,
+        # cds.service.streams), refused RESOURCE_EXHAUSTED at once rather than queued.
+        self.cap = cap
+        self.limit = cap
         self._idle: asyncio.Event | None = None
 
     @property
@@ -36,7 +42,9 @@ class Admission:
 
     def refusal(self) -> tuple[grpc.StatusCode, str]:
         """The status a call refused now gets."""
-        return grpc.StatusCode.UNAVAILABLE, REFUSED_STOPPING
+        if self.stopping:
+            return grpc.StatusCode.UNAVAILABLE, REFUSED_STOPPING
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, REFUSED_BUSY.format(limit=self.cap)
 
     def wake(self) -> None:
         """While stopping, after a call ended: tell :meth:`drained` when it was the last."""
