@@ -165,6 +165,8 @@ class Reason(NamedTuple):
     # A silent rule's reason (SILENT policy, or an entry marked "silent"): evaluated,
     # counted and logged, never answered; ``decision`` is what it would decide if not.
     silent: bool = False
+    # Prior results that counted beyond the newest MAX_LISTED_PRIOR_RESULTS listed.
+    prior_results_omitted: int = 0
 
 
 class ItemDecision(NamedTuple):

@@ -178,13 +178,17 @@ def test_two_workers_serve_one_port_and_each_sees_results_put_through_either(wor
         put_by.setdefault(probe.worker, []).append(result_id)
     assert len(put_by) == 2, f"puts reached only {list(put_by)}"
     every = {r for ids in put_by.values() for r in ids}
-    seen_by: dict[str, set[str]] = {}
+    seen_by: dict[str, tuple[set[str], int]] = {}
     for probe in probes(workers):
         answer = probe.check.Check(check_request(item("1", "K"), patient_id=patient), timeout=5)
         assert answer.decision == WARN
-        seen_by[probe.worker] = priors(answer)
-    assert set(seen_by) == set(put_by)  # both workers answered, each saw every result
-    assert all(seen == every for seen in seen_by.values()), seen_by
+        (reason,) = answer.items[0].reasons
+        seen_by[probe.worker] = (priors(answer), reason.prior_results_omitted)
+    assert set(seen_by) == set(put_by)  # both workers answered, each saw every result:
+    # the newest ten listed (the same ten), the rest counted.
+    listed = {frozenset(seen) for seen, _ in seen_by.values()}
+    assert len(listed) == 1 and next(iter(listed)) <= every, seen_by
+    assert all(len(seen) + omitted == len(every) for seen, omitted in seen_by.values()), seen_by
 
 
 def test_feedback_is_accepted_by_a_worker_other_than_the_one_that_decided(workers):

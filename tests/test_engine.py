@@ -218,3 +218,27 @@ def test_empty_catalogue_only_refuses_declared_gene_tests():
     engine = Engine(Snapshot.create(version="empty"))
     ev = evaluate(engine, *lines(POTASSIUM, EGFR), results=[RECENT_K])
     assert [[r.code for r in i.reasons] for i in ev.items] == [[], [C.GENE_TEST_NOT_IN_CATALOGUE]]
+
+
+def test_every_reason_the_rules_build_positionally_has_every_field():
+    """``new_tuple(Reason, (...))`` skips NamedTuple defaults: a short tuple would build a
+    Reason whose last fields raise IndexError only when some caller reads them."""
+    import ast
+    from pathlib import Path
+
+    import cds.rules
+    from cds.domain import Reason
+
+    found = 0
+    for path in Path(cds.rules.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", "") == "new_tuple"
+                and getattr(node.args[0], "id", "") == "Reason"
+            ):
+                found += 1
+                fields = node.args[1]
+                assert isinstance(fields, ast.Tuple), f"{path.name}:{node.lineno}"
+                assert len(fields.elts) == len(Reason._fields), f"{path.name}:{node.lineno}"
+    assert found >= 8

@@ -56,3 +56,68 @@ def test_service_names_come_from_the_table_once_each():
         "cds.v1.ResultFeedService",
         "cds.v1.CatalogAdminService",
     )
+
+
+def test_a_response_over_the_send_limit_is_counted_as_the_refusal_the_client_gets():
+    """Served by a real grpc.aio server: the wrapper serializes, so a response grpc
+    would refuse to send is counted RESOURCE_EXHAUSTED, never OK."""
+    import asyncio
+
+    import grpc
+
+    from cds.metrics import Metrics
+    from cds.service.admission import Admission
+    from cds.service.rpc import ClientFaults, instrumented
+
+    limit = 1024
+
+    async def big(request, context):
+        return order_check_pb2.CheckResponse(decision_id="x" * (2 * limit))
+
+    async def small(request, context):
+        return order_check_pb2.CheckResponse(decision_id="ok")
+
+    async def scenario() -> tuple[list[grpc.StatusCode], float, float]:
+        metrics = Metrics()
+        m = metrics.rpc("cds.v1.OrderCheckService", "Check")
+        server = grpc.aio.server()
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                instrumented(
+                    fn,
+                    m,
+                    Admission(),
+                    order_check_pb2.CheckRequest,
+                    ClientFaults(),
+                    max_response_bytes=limit,
+                )
+            )
+            for name, fn in (("Big", big), ("Small", small))
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.T", handlers),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        codes = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                for name in ("Big", "Small"):
+                    call = channel.unary_unary(f"/t.T/{name}")
+                    try:
+                        await call(b"", timeout=5)
+                        codes.append(grpc.StatusCode.OK)
+                    except grpc.aio.AioRpcError as e:
+                        codes.append(e.code())
+        finally:
+            await server.stop(0)
+        metrics.fold()
+
+        def handled(code: str) -> float:
+            labels = {"grpc_type": "unary", "grpc_service": "cds.v1.OrderCheckService",
+                      "grpc_method": "Check", "grpc_code": code}  # fmt: skip
+            return metrics.registry.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+        return codes, handled("RESOURCE_EXHAUSTED"), handled("OK")
+
+    codes, exhausted, ok = asyncio.run(scenario())
+    assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OK]
+    assert (exhausted, ok) == (1, 1)

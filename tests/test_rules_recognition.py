@@ -184,3 +184,18 @@ def test_emergency_is_exempt_shown_with_same_prior_results_without_options():
 def test_emergency_without_counted_result_gets_no_reason():
     line = check(encounter_type=EncounterType.EMERGENCY)
     assert line.reasons == ()
+
+
+def test_many_prior_results_list_the_newest_ten_and_count_the_rest():
+    # One result an hour for 25 hours: all inside the 7-day window.
+    results = [result(f"r{h:02d}", ORDER_TIME - (h + 1) * 3600 * 1_000_000) for h in range(25)]
+    (reason,) = check(*results).reasons
+    assert [p.result_id for p in reason.prior_results] == [f"r{h:02d}" for h in range(10)]
+    assert reason.prior_results_omitted == 15
+    assert "25 份" in reason.message  # the message counts every one that counted
+
+
+def test_a_reason_with_few_prior_results_omits_none():
+    (reason,) = check(result("r1", at("2025-03-09 00:00"))).reasons
+    assert reason.prior_results_omitted == 0
+    assert len(reason) == len(type(reason)._fields)  # built whole, not a short tuple

@@ -74,6 +74,8 @@ def _reason_entry(r: Reason) -> dict[str, Any]:
     }
     if r.silent:  # only when true: a record without it reads as before
         entry["silent"] = True
+    if r.prior_results_omitted:  # counted beyond the newest listed ones
+        entry["prior_results_omitted"] = r.prior_results_omitted
     return entry
 
 

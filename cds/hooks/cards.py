@@ -166,6 +166,9 @@ class CardMaker:
                 f"| {_md(p.result_id)} | {self._time(p.valid_until_us)} |"
                 for p in priors
             ]
+            omitted = max((r.prior_results_omitted for r in reasons), default=0)
+            if omitted:
+                lines.append(f"另有 {omitted} 项较早的结果未列出。")
         commented = {
             o.code: o.display for r in reasons for o in r.override_options if o.requires_comment
         }

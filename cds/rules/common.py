@@ -47,6 +47,20 @@ def _reported_at(prior: PriorResult) -> int:
     return prior.reported_at_us
 
 
+# The newest prior results a reason lists; the rest are only counted. A patient with
+# thousands of results of one item once made a 100-line Check build a 165 MB answer
+# (refused by grpc after seconds of the event loop's time) and a 131 MB log line.
+MAX_LISTED_PRIOR_RESULTS = 10
+
+
+def listed(prior: tuple[PriorResult, ...]) -> tuple[tuple[PriorResult, ...], int]:
+    """The prior results a reason lists (newest first, at most MAX_LISTED_PRIOR_RESULTS)
+    and how many more counted."""
+    if len(prior) <= MAX_LISTED_PRIOR_RESULTS:
+        return prior, 0
+    return prior[:MAX_LISTED_PRIOR_RESULTS], len(prior) - MAX_LISTED_PRIOR_RESULTS
+
+
 def prior_results(
     rows: Iterable[StoredResult],
     order_time_us: int,

@@ -33,5 +33,6 @@ class DuplicateRule:
                 (),
                 NATIONAL_RECOGNITION_POLICY,
                 self.silent,
+                0,  # prior_results_omitted
             ),
         )

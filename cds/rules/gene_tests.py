@@ -21,7 +21,7 @@ from cds.domain import (
     StoredResult,
     new_tuple,
 )
-from cds.rules.common import RuleContext, prior_results
+from cds.rules.common import RuleContext, listed, prior_results
 from cds.rules.sendout import SendoutRule
 
 _NOT_IN_CATALOGUE = str(ReasonCode.GENE_TEST_NOT_IN_CATALOGUE)
@@ -58,6 +58,7 @@ class NotInCatalogue:
                 (),
                 self._ctx.catalogue_citation,
                 self.silent,
+                0,  # prior_results_omitted
             ),
         )
 
@@ -162,6 +163,7 @@ class GeneTestRule:
             return None
         ctx = self._ctx
         newest = prior[0]
+        shown, omitted = listed(prior)
         return new_tuple(
             Reason,
             (
@@ -175,9 +177,10 @@ class GeneTestRule:
                     ctx.day(newest.reported_at_us),
                     ctx.institution_name(newest.institution_id),
                 ),
-                prior,
+                shown,
                 ctx.override_options,
                 self.source,
                 self.repeat_silent,
+                omitted,
             ),
         )

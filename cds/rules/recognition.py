@@ -21,7 +21,7 @@ from cds.domain import (
     StoredResult,
     new_tuple,
 )
-from cds.rules.common import NATIONAL_RECOGNITION_POLICY, RuleContext, prior_results
+from cds.rules.common import NATIONAL_RECOGNITION_POLICY, RuleContext, listed, prior_results
 
 _WARN = str(ReasonCode.RECOGNIZABLE_RESULT_EXISTS)
 _EXEMPT = str(ReasonCode.RECOGNITION_EXEMPT_EMERGENCY)
@@ -81,6 +81,7 @@ class RecognitionRule:
         newest = prior[0]
         day = ctx.day(newest.reported_at_us)
         institution = ctx.institution_name(newest.institution_id)
+        shown, omitted = listed(prior)
         if order.encounter_type == _EMERGENCY:
             return new_tuple(
                 Reason,
@@ -90,10 +91,11 @@ class RecognitionRule:
                     self.exempt_message(
                         self.code, self.name, self.days_text, len(prior), day, institution
                     ),
-                    prior,
+                    shown,
                     (),
                     self.source,
                     self.exempt_silent,
+                    omitted,
                 ),
             )
         return new_tuple(
@@ -104,9 +106,10 @@ class RecognitionRule:
                 self.warn_message(
                     self.code, self.name, self.days_text, len(prior), day, institution
                 ),
-                prior,
+                shown,
                 self.override_options,
                 self.source,
                 self.warn_silent,
+                omitted,
             ),
         )

@@ -77,6 +77,7 @@ class SendoutRule:
                         (),
                         self.source,
                         self.not_approved_silent,
+                        0,  # prior_results_omitted
                     ),
                 )
             )
@@ -95,6 +96,7 @@ class SendoutRule:
                             (),
                             self.source,
                             self.not_approved_silent,
+                            0,  # prior_results_omitted
                         ),
                     )
                 )
@@ -116,6 +118,7 @@ class SendoutRule:
                             (),
                             self.source,
                             self.expired_silent,
+                            0,  # prior_results_omitted
                         ),
                     )
                 )

@@ -171,6 +171,7 @@ def reason_proto(r: Reason) -> types_pb2.Reason:
         prior_results=[prior_result_proto(p) for p in r.prior_results],
         override_options=[override_option_proto(o) for o in r.override_options],
         source=r.source,
+        prior_results_omitted=r.prior_results_omitted,
     )
 
 
@@ -221,6 +222,8 @@ class ResponseBuilder:
             entry = self._templates[key] = (options, template)  # keeps ``options`` alive
         msg.CopyFrom(entry[1])
         msg.message = r.message
+        if r.prior_results_omitted:
+            msg.prior_results_omitted = r.prior_results_omitted
         add = msg.prior_results.add
         for p in r.prior_results:
             prior = add(

@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from cds.metrics import RpcMetrics
+from cds.security.transport import DEFAULT_MAX_SEND_BYTES
 from cds.service.admission import Admission
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def instrumented(
     admission: Admission,
     request_type: Any,
     faults: ClientFaults,
+    max_response_bytes: int = DEFAULT_MAX_SEND_BYTES,
 ) -> Handler:
     """Wrap one bound handler: admission, parsing the body, started/handled counters,
     latency, failures to status. A call refused admission is counted too (started, and
@@ -83,7 +85,9 @@ def instrumented(
     The body arrives as bytes and is parsed here, not by grpc: grpc's own deserializer
     answers a bad body ``UNKNOWN`` with an ERROR traceback and no metric. Here it is the
     client's fault it is: ``INVALID_ARGUMENT`` naming the message (``request_type``, a
-    generated message class), counted, logged through ``faults``.
+    generated message class), counted, logged through ``faults``. The response is
+    serialized here too, so one over grpc's send limit is counted as what the client
+    gets, ``RESOURCE_EXHAUSTED``, not as an OK that grpc then refuses to send.
     """
     started_inc = m.started.inc
     ok_inc = m.handled_ok.inc
@@ -107,7 +111,12 @@ def instrumented(
             except DecodeError:
                 faults.note(f"{undecodable} ({m.name})")
                 raise invalid_argument(undecodable) from None
-            response = await handler(request, context)
+            response = (await handler(request, context)).SerializeToString()
+            if len(response) > max_response_bytes:
+                raise RpcFailure(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"response of {len(response)} bytes over the {max_response_bytes}-byte limit",
+                )
         except RpcFailure as failure:
             m.handled(failure.code).inc()
             observe(perf_counter() - t0)

@@ -132,8 +132,10 @@ def register(
             instrumented(
                 bound, metrics.rpc(rpc.service, rpc.method), admission, rpc.request, faults
             ),
-            request_deserializer=None,  # bytes: instrumented() parses, and answers bad ones
-            response_serializer=rpc.response.SerializeToString,
+            # Bytes both ways: instrumented() parses (and answers bad bodies) and
+            # serializes (and counts a response over the send limit as refused).
+            request_deserializer=None,
+            response_serializer=None,
         )
     for service, methods in per_service.items():
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))

@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63\x64s/v1/types.proto\x12\x06\x63\x64s.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"k\n\x07Patient\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x17\n\x0f\x64iagnosis_codes\x18\x02 \x03(\t\x12\x1c\n\x14\x66irst_oncology_visit\x18\x03 \x01(\x08\x12\x15\n\rmdt_record_id\x18\x04 \x01(\t\"\xa0\x01\n\tOrderItem\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x11\n\titem_code\x18\x02 \x01(\t\x12&\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x14.cds.v1.ItemCategory\x12\x17\n\x0fprice_item_code\x18\x04 \x01(\t\x12\x16\n\x0esendout_lab_id\x18\x05 \x01(\t\x12\x16\n\x0e\x63onsent_signed\x18\x06 \x01(\x08\"\xad\x01\n\x0bPriorResult\x12\x11\n\tresult_id\x18\x01 \x01(\t\x12\x16\n\x0einstitution_id\x18\x02 \x01(\t\x12\x11\n\titem_code\x18\x03 \x01(\t\x12/\n\x0breported_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x0eOverrideOption\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07\x64isplay\x18\x02 \x01(\t\x12\x18\n\x10requires_comment\x18\x03 \x01(\x08\"\xb9\x01\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\"\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x10.cds.v1.Decision\x12\x0f\n\x07message\x18\x03 \x01(\t\x12*\n\rprior_results\x18\x04 \x03(\x0b\x32\x13.cds.v1.PriorResult\x12\x30\n\x10override_options\x18\x05 \x03(\x0b\x32\x16.cds.v1.OverrideOption\x12\x0e\n\x06source\x18\x06 \x01(\t\"w\n\x0cItemDecision\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x11\n\titem_code\x18\x02 \x01(\t\x12\"\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x10.cds.v1.Decision\x12\x1f\n\x07reasons\x18\x04 \x03(\x0b\x32\x0e.cds.v1.Reason\"\xa5\x01\n\x06Result\x12\x11\n\tresult_id\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x11\n\titem_code\x18\x03 \x01(\t\x12\x16\n\x0einstitution_id\x18\x04 \x01(\t\x12/\n\x0breported_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10recognition_mark\x18\x06 \x01(\x08\"2\n\tResultRef\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x11\n\tresult_id\x18\x02 \x01(\t*_\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_WARN\x10\x02\x12\x12\n\x0e\x44\x45\x43ISION_BLOCK\x10\x03*\x8a\x01\n\rEncounterType\x12\x1e\n\x1a\x45NCOUNTER_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45NCOUNTER_TYPE_OUTPATIENT\x10\x01\x12\x1c\n\x18\x45NCOUNTER_TYPE_INPATIENT\x10\x02\x12\x1c\n\x18\x45NCOUNTER_TYPE_EMERGENCY\x10\x03*y\n\x0cItemCategory\x12\x1d\n\x19ITEM_CATEGORY_UNSPECIFIED\x10\x00\x12\x15\n\x11ITEM_CATEGORY_LAB\x10\x01\x12\x16\n\x12ITEM_CATEGORY_EXAM\x10\x02\x12\x1b\n\x17ITEM_CATEGORY_GENE_TEST\x10\x03*s\n\x0f\x46\x65\x65\x64\x62\x61\x63kOutcome\x12 \n\x1c\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_ACCEPTED\x10\x01\x12\x1f\n\x1b\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_OVERRIDDEN\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63\x64s/v1/types.proto\x12\x06\x63\x64s.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"k\n\x07Patient\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x17\n\x0f\x64iagnosis_codes\x18\x02 \x03(\t\x12\x1c\n\x14\x66irst_oncology_visit\x18\x03 \x01(\x08\x12\x15\n\rmdt_record_id\x18\x04 \x01(\t\"\xa0\x01\n\tOrderItem\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x11\n\titem_code\x18\x02 \x01(\t\x12&\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x14.cds.v1.ItemCategory\x12\x17\n\x0fprice_item_code\x18\x04 \x01(\t\x12\x16\n\x0esendout_lab_id\x18\x05 \x01(\t\x12\x16\n\x0e\x63onsent_signed\x18\x06 \x01(\x08\"\xad\x01\n\x0bPriorResult\x12\x11\n\tresult_id\x18\x01 \x01(\t\x12\x16\n\x0einstitution_id\x18\x02 \x01(\t\x12\x11\n\titem_code\x18\x03 \x01(\t\x12/\n\x0breported_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x0eOverrideOption\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07\x64isplay\x18\x02 \x01(\t\x12\x18\n\x10requires_comment\x18\x03 \x01(\x08\"\xd8\x01\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\"\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x10.cds.v1.Decision\x12\x0f\n\x07message\x18\x03 \x01(\t\x12*\n\rprior_results\x18\x04 \x03(\x0b\x32\x13.cds.v1.PriorResult\x12\x30\n\x10override_options\x18\x05 \x03(\x0b\x32\x16.cds.v1.OverrideOption\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x1d\n\x15prior_results_omitted\x18\x07 \x01(\x05\"w\n\x0cItemDecision\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x11\n\titem_code\x18\x02 \x01(\t\x12\"\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x10.cds.v1.Decision\x12\x1f\n\x07reasons\x18\x04 \x03(\x0b\x32\x0e.cds.v1.Reason\"\xa5\x01\n\x06Result\x12\x11\n\tresult_id\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x11\n\titem_code\x18\x03 \x01(\t\x12\x16\n\x0einstitution_id\x18\x04 \x01(\t\x12/\n\x0breported_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10recognition_mark\x18\x06 \x01(\x08\"2\n\tResultRef\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x11\n\tresult_id\x18\x02 \x01(\t*_\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_WARN\x10\x02\x12\x12\n\x0e\x44\x45\x43ISION_BLOCK\x10\x03*\x8a\x01\n\rEncounterType\x12\x1e\n\x1a\x45NCOUNTER_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45NCOUNTER_TYPE_OUTPATIENT\x10\x01\x12\x1c\n\x18\x45NCOUNTER_TYPE_INPATIENT\x10\x02\x12\x1c\n\x18\x45NCOUNTER_TYPE_EMERGENCY\x10\x03*y\n\x0cItemCategory\x12\x1d\n\x19ITEM_CATEGORY_UNSPECIFIED\x10\x00\x12\x15\n\x11ITEM_CATEGORY_LAB\x10\x01\x12\x16\n\x12ITEM_CATEGORY_EXAM\x10\x02\x12\x1b\n\x17ITEM_CATEGORY_GENE_TEST\x10\x03*s\n\x0f\x46\x65\x65\x64\x62\x61\x63kOutcome\x12 \n\x1c\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_ACCEPTED\x10\x01\x12\x1f\n\x1b\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_OVERRIDDEN\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cds.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=1115
-  _globals['_DECISION']._serialized_end=1210
-  _globals['_ENCOUNTERTYPE']._serialized_start=1213
-  _globals['_ENCOUNTERTYPE']._serialized_end=1351
-  _globals['_ITEMCATEGORY']._serialized_start=1353
-  _globals['_ITEMCATEGORY']._serialized_end=1474
-  _globals['_FEEDBACKOUTCOME']._serialized_start=1476
-  _globals['_FEEDBACKOUTCOME']._serialized_end=1591
+  _globals['_DECISION']._serialized_start=1146
+  _globals['_DECISION']._serialized_end=1241
+  _globals['_ENCOUNTERTYPE']._serialized_start=1244
+  _globals['_ENCOUNTERTYPE']._serialized_end=1382
+  _globals['_ITEMCATEGORY']._serialized_start=1384
+  _globals['_ITEMCATEGORY']._serialized_end=1505
+  _globals['_FEEDBACKOUTCOME']._serialized_start=1507
+  _globals['_FEEDBACKOUTCOME']._serialized_end=1622
   _globals['_PATIENT']._serialized_start=63
   _globals['_PATIENT']._serialized_end=170
   _globals['_ORDERITEM']._serialized_start=173
@@ -49,11 +49,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OVERRIDEOPTION']._serialized_start=511
   _globals['_OVERRIDEOPTION']._serialized_end=584
   _globals['_REASON']._serialized_start=587
-  _globals['_REASON']._serialized_end=772
-  _globals['_ITEMDECISION']._serialized_start=774
-  _globals['_ITEMDECISION']._serialized_end=893
-  _globals['_RESULT']._serialized_start=896
-  _globals['_RESULT']._serialized_end=1061
-  _globals['_RESULTREF']._serialized_start=1063
-  _globals['_RESULTREF']._serialized_end=1113
+  _globals['_REASON']._serialized_end=803
+  _globals['_ITEMDECISION']._serialized_start=805
+  _globals['_ITEMDECISION']._serialized_end=924
+  _globals['_RESULT']._serialized_start=927
+  _globals['_RESULT']._serialized_end=1092
+  _globals['_RESULTREF']._serialized_start=1094
+  _globals['_RESULTREF']._serialized_end=1144
 # @@protoc_insertion_point(module_scope)

@@ -105,20 +105,22 @@ class OverrideOption(_message.Message):
     def __init__(self, code: _Optional[str] = ..., display: _Optional[str] = ..., requires_comment: _Optional[bool] = ...) -> None: ...
 
 class Reason(_message.Message):
-    __slots__ = ("code", "decision", "message", "prior_results", "override_options", "source")
+    __slots__ = ("code", "decision", "message", "prior_results", "override_options", "source", "prior_results_omitted")
     CODE_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     PRIOR_RESULTS_FIELD_NUMBER: _ClassVar[int]
     OVERRIDE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_RESULTS_OMITTED_FIELD_NUMBER: _ClassVar[int]
     code: str
     decision: Decision
     message: str
     prior_results: _containers.RepeatedCompositeFieldContainer[PriorResult]
     override_options: _containers.RepeatedCompositeFieldContainer[OverrideOption]
     source: str
-    def __init__(self, code: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., message: _Optional[str] = ..., prior_results: _Optional[_Iterable[_Union[PriorResult, _Mapping]]] = ..., override_options: _Optional[_Iterable[_Union[OverrideOption, _Mapping]]] = ..., source: _Optional[str] = ...) -> None: ...
+    prior_results_omitted: int
+    def __init__(self, code: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., message: _Optional[str] = ..., prior_results: _Optional[_Iterable[_Union[PriorResult, _Mapping]]] = ..., override_options: _Optional[_Iterable[_Union[OverrideOption, _Mapping]]] = ..., source: _Optional[str] = ..., prior_results_omitted: _Optional[int] = ...) -> None: ...
 
 class ItemDecision(_message.Message):
     __slots__ = ("line_id", "item_code", "decision", "reasons")
