@@ -64,6 +64,14 @@ def test_reflection_lists_the_three_services(server):
     } <= names
 
 
+def test_the_metrics_endpoint_serves_only_get_metrics(server):
+    assert server.metrics_status() == 200
+    assert server.metrics_status("/") == 404
+    assert server.metrics_status("/other") == 404
+    assert server.metrics_status(method="OPTIONS") == 405
+    assert server.metrics_status(method="POST") == 405
+
+
 def test_metrics_carry_every_contract_metric_and_no_identifier(server):
     server.feed.PutResults(
         result_feed_pb2.PutResultsRequest(

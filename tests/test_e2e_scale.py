@@ -325,6 +325,12 @@ def test_metrics_add_up_across_workers(workers):
     assert metric(workers, "cds_workers") == 2
 
 
+def test_the_parents_metrics_endpoint_serves_only_get_metrics(workers):
+    assert workers.metrics_status() == 200
+    assert workers.metrics_status("/other") == 404
+    assert workers.metrics_status(method="OPTIONS") == 405
+
+
 def test_a_killed_worker_is_restarted_and_serves_again(workers):
     pids = re.search(r"pids (\d+),(\d+);", workers.log_text())
     assert pids

@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
-from prometheus_client import start_http_server
 
 from cds.catalog.load import CatalogError, parse_catalog
 from cds.config import ServeConfig, split_host_port
@@ -41,6 +40,7 @@ from cds.results.factory import open_store
 from cds.rollout.replay import RecentOrders, Replayer
 from cds.rollout.state import CatalogState
 from cds.runtime.lifecycle import check_transport, print_refused_catalog, serve
+from cds.runtime.metrics_http import MetricsServer
 from cds.security.auth import Authenticator, AuthInterceptor
 from cds.security.pseudonyms import Pseudonymizer
 from cds.security.transport import https_context, server_credentials, server_options
@@ -140,7 +140,7 @@ class CdsServer:
         self.checker: OrderChecker | None = None
         self.grpc_port = 0
         self.metrics_port = 0
-        self._httpd: Any = None
+        self._httpd: MetricsServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         # Our calls in flight, and the refusal of new ones once the drain window is over.
         self.admission = Admission(config.max_concurrent_rpcs)
@@ -274,7 +274,7 @@ class CdsServer:
         self.metrics.attach(asyncio.get_running_loop())
         if self.role is None:
             host, port = split_host_port(self.config.metrics_listen)
-            self._httpd, _ = start_http_server(port, host, registry=self.metrics.registry)
+            self._httpd = MetricsServer(self.metrics.registry, host, port)
             self.metrics_port = self._httpd.server_port
         else:  # the parent serves every worker's metrics
             self.spawn(self._publish_results_count())
@@ -381,8 +381,7 @@ class CdsServer:
         await self.memory.close()
         await self.store.close()
         if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+            self._httpd.close()
         return True
 
     def hurry(self) -> None:

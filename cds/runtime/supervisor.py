@@ -55,7 +55,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
@@ -64,6 +64,7 @@ from cds.config import ServeConfig, split_host_port
 from cds.rollout.impact import Impact
 from cds.runtime import control
 from cds.runtime.lifecycle import check_transport, print_refused_catalog, serve
+from cds.runtime.metrics_http import MetricsServer
 from cds.runtime.server import _redacted
 from cds.security.pseudonyms import MIN_KEY_BYTES
 from cds.service.admin import CANDIDATE_SOURCE
@@ -552,14 +553,14 @@ async def supervise(config: ServeConfig) -> int:
         pseudonym_key = (f"ephemeral-{secrets.token_hex(4)}", secrets.token_hex(MIN_KEY_BYTES))
     metrics_dir, own_dir = _prepare_metrics_dir()
     supervisor = Supervisor(config, content, listen, metrics_dir, pseudonym_key, hooks_listen)
-    httpd = None
+    httpd: MetricsServer | None = None
     try:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=metrics_dir)
         registry.register(_SupervisorMetrics(supervisor))
         metrics_host, metrics_port = split_host_port(config.metrics_listen)
         try:
-            httpd, _ = start_http_server(metrics_port, metrics_host, registry=registry)
+            httpd = MetricsServer(registry, metrics_host, metrics_port)
         except OSError as e:
             print(f"cds: cannot listen: {e}", file=sys.stderr)
             return 1
@@ -572,8 +573,7 @@ async def supervise(config: ServeConfig) -> int:
         )
     finally:
         if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
+            httpd.close()
         reserved.close()
         if hooks_reserved is not None:
             hooks_reserved.close()

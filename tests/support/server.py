@@ -150,6 +150,15 @@ class RunningServer:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             return response.read().decode()
 
+    def metrics_status(self, path: str = "/metrics", method: str = "GET") -> int:
+        """The HTTP status the metrics endpoint answers ``method path`` with."""
+        url = self.metrics_url.removesuffix("/metrics") + path
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=5):
+                return 200
+        except urllib.error.HTTPError as e:
+            return e.code
+
     @property
     def decision_log_path(self) -> Path:
         """The default ``--decision-log``, relative to the server's working directory."""
