@@ -309,9 +309,7 @@ def test_equal_report_times_at_the_bound_keep_the_greater_result_ids(harness: Ha
         await store.put_many(
             [row("p", f"k{n:03}", reported_at_us=now, expires_at_us=later) for n in range(120)]
         )
-        assert ids(await store.get_patient("p")) == {
-            "K": [f"k{n:03}" for n in range(119, 19, -1)]
-        }
+        assert ids(await store.get_patient("p")) == {"K": [f"k{n:03}" for n in range(119, 19, -1)]}
 
     harness.run(scenario)
 
@@ -326,14 +324,13 @@ def test_the_bound_per_item_holds_across_many_puts_and_within_one(harness: Harne
                 [row("p", f"k{n:03}", "K", reported_at_us=now - 10**6 + n, expires_at_us=later)]
             )
         for batch in range(5):
-            await store.put_many(
-                [
-                    row("p", f"na{batch * 30 + n:03}", "NA",
-                        reported_at_us=now - 10**6 + batch * 30 + n, expires_at_us=later)
-                    for n in range(30)
-                ]  # fmt: skip
-                + [row("p", f"kb{batch}", "K", reported_at_us=now - 10**7, expires_at_us=later)]
-            )
+            na = [
+                row("p", f"na{batch * 30 + n:03}", "NA",
+                    reported_at_us=now - 10**6 + batch * 30 + n, expires_at_us=later)
+                for n in range(30)
+            ]  # fmt: skip
+            old_k = row("p", f"kb{batch}", "K", reported_at_us=now - 10**7, expires_at_us=later)
+            await store.put_many([*na, old_k])
         await store.put_many(
             [
                 row("p", f"cl{n:03}", "Cl", reported_at_us=now - 10**6 + n, expires_at_us=later)
@@ -361,9 +358,7 @@ def test_withdrawing_a_kept_result_does_not_bring_back_a_dropped_one(harness: Ha
             ]
         )
         assert await store.withdraw_many([("p", "k000"), ("p", f"k{PER_ITEM:03}")]) == 1
-        assert ids(await store.get_patient("p")) == {
-            "K": [f"k{n:03}" for n in range(1, PER_ITEM)]
-        }
+        assert ids(await store.get_patient("p")) == {"K": [f"k{n:03}" for n in range(1, PER_ITEM)]}
         await settled_count(store, PER_ITEM - 1)
 
     harness.run(scenario)
