@@ -380,12 +380,12 @@ class MemoryResultStore:
                 after[ci] = k
         if not after:
             return True
-        for (ci,) in _ROW_ITEM.iter_unpack(memoryview(old)[_HEAD_SIZE:end]):
-            k = after.get(ci)
-            if k is not None:
-                if k >= per_item:
+        for (row_ci,) in _ROW_ITEM.iter_unpack(memoryview(old)[_HEAD_SIZE:end]):
+            held = after.get(row_ci)
+            if held is not None:
+                if held >= per_item:
                     return False
-                after[ci] = k + 1
+                after[row_ci] = held + 1
         return True
 
     # -- the ResultStore interface -----------------------------------------------------
