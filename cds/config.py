@@ -31,6 +31,10 @@ DEFAULT_DECISION_TTL_SECONDS = 3600.0
 # supervision report's denominators (a crash loses at most this much of them).
 DEFAULT_COUNTS_INTERVAL_SECONDS = 60.0
 DEFAULT_MAX_DECISIONS = 100_000
+# Results kept per (patient, item code), the newest by report time: a check walks a
+# patient's results of an ordered item, so one huge feed of one item must not make every
+# later check of it slow. The rules read the newest few; 100 is many months of daily tests.
+DEFAULT_MAX_RESULTS_PER_ITEM = 100
 # The most a call may wait on the results store or the decision log, whatever deadline
 # the client set (or none), so a stalled Redis or disk cannot hold concurrency slots for
 # ever. Generous enough for the largest valid PutResults on a busy Redis.
@@ -87,6 +91,13 @@ class ServeConfig:
         default=1_000_000,
         metadata=_setting(
             "results kept in memory; least recently used patients go first", check="positive"
+        ),
+    )
+    max_results_per_item: int = field(
+        default=DEFAULT_MAX_RESULTS_PER_ITEM,
+        metadata=_setting(
+            "results kept per patient and item code (either store); older ones are dropped",
+            check="positive",
         ),
     )
     results: str | None = field(

@@ -23,6 +23,7 @@ def _config(**settings):
         ({"workers": 2}, "--workers 2 needs a shared results store"),
         ({"workers": 0}, "--workers 0: must be more than 0"),
         ({"max_decisions": 0}, "--max-decisions 0: must be more than 0"),
+        ({"max_results_per_item": 0}, "--max-results-per-item 0: must be more than 0"),
         ({"grace": -1.0}, "--grace -1.0: must not be negative"),
         ({"decision_log_backups": -1}, "--decision-log-backups -1: must not be negative"),
         ({"deadline_cap": 0.0}, "--deadline-cap 0.0: must be more than 0"),

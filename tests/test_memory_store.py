@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
+
+import pytest
 
 from cds.domain import US_PER_DAY, US_PER_SECOND
 from cds.results import memory
@@ -201,5 +204,77 @@ def test_codes_are_interned_so_rows_share_one_string() -> None:
         rb = (await store.get_patient("q"))["LAB-1"][0]
         assert ra.item_code is rb.item_code
         assert ra.institution_id is rb.institution_id
+
+    asyncio.run(scenario())
+
+
+def test_a_write_to_an_item_with_room_appends_even_when_the_patient_holds_more_than_that(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The per-item bound must not push every write of a patient with many results
+    through the slower merge (decode, rebuild) path."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=10_000, clock=clock, max_results_per_item=5)
+        later = clock.now_us + US_PER_DAY
+        await store.put_many(
+            [row("p", f"r{i}", f"K{i % 30}", reported_at_us=i, expires_at_us=later)
+             for i in range(120)]
+        )  # fmt: skip
+        merges = 0
+        decode = store._decode_entries
+
+        def counting(record: bytes, now: int):  # type: ignore[no-untyped-def]
+            nonlocal merges
+            merges += 1
+            return decode(record, now)
+
+        monkeypatch.setattr(store, "_decode_entries", counting)
+        await store.put_many([row("p", "x1", "K1", reported_at_us=500, expires_at_us=later)])
+        await store.put_many([row("p", "x2", "NEW", reported_at_us=500, expires_at_us=later)])
+        assert merges == 0
+        await store.put_many([row("p", "x3", "K1", reported_at_us=501, expires_at_us=later)])
+        assert merges == 1  # K1 held 5: this one displaces its oldest
+        assert [r.result_id for r in (await store.get_patient("p"))["K1"]] == [
+            "x3",
+            "x1",
+            "r91",
+            "r61",
+            "r31",
+        ]
+        assert store.cached_count() == 120 + 2
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("max_codes", [2, memory._MAX_CODES])
+def test_the_row_count_stays_exact_while_items_are_trimmed_and_patients_evicted(
+    monkeypatch: pytest.MonkeyPatch, max_codes: int
+) -> None:
+    monkeypatch.setattr(memory, "_MAX_CODES", max_codes)  # 2: codes stored inline too
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=60, clock=clock, max_results_per_item=3)
+        rng = random.Random(7)
+        later = clock.now_us + US_PER_DAY
+        patients = [f"p{i}" for i in range(8)]
+        for step in range(300):
+            batch = [
+                row(rng.choice(patients), f"r{rng.randrange(200)}", rng.choice("ABCD"),
+                    reported_at_us=rng.randrange(50), expires_at_us=later)
+                for _ in range(rng.choice([1, 1, 4, 12]))
+            ]  # fmt: skip
+            if step % 10 == 9:
+                await store.withdraw_many([(r.patient_id, r.result.result_id) for r in batch])
+            else:
+                await store.put_many(batch)
+            held = 0
+            for patient_id in list(store._patients):
+                groups = await store.get_patient(patient_id)
+                assert all(len(group) <= 3 for group in groups.values())
+                held += sum(len(group) for group in groups.values())
+            assert store.cached_count() == held <= 60
 
     asyncio.run(scenario())

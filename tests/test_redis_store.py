@@ -317,3 +317,43 @@ def test_a_frozen_redis_stops_the_near_cache_within_the_read_timeout_and_it_retu
         assert await store.start(timeout_s=3.0)  # and it is trusted again
 
     run(redis_server, scenario, near_cache_ttl_s=60.0, **FAST)
+
+
+def test_a_hash_from_before_the_bound_costs_a_check_the_bound_and_is_trimmed_when_written(
+    redis_server,
+):
+    async def scenario(raw: Redis, clock: FakeClock, store: RedisResultStore) -> None:
+        later = clock.now_us + US_PER_DAY
+        # as an older version wrote it: 300 fields of one item, 2 of another, no bound
+        fields: dict[str, bytes] = {
+            f"k{n:03}": _pack(StoredResult(f"k{n:03}", "K", "H1", 10_000 - n, True), later)
+            for n in range(300)
+        }
+        fields |= {
+            f"na{n}": _pack(StoredResult(f"na{n}", "NA", "H1", n, True), later) for n in range(2)
+        }
+        await raw.hset("cds:r:{p}", mapping=fields)  # type: ignore[arg-type]
+        got = ids(await store.get_patient("p"))
+        assert got == {"K": [f"k{n:03}" for n in range(5)], "NA": ["na1", "na0"]}
+        await store.put_many([row("p", "new", "K", reported_at_us=20_000, expires_at_us=later)])
+        assert await raw.hlen("cds:r:{p}") == 5 + 2
+        got = ids(await store.get_patient("p"))
+        assert got == {"K": ["new", *[f"k{n:03}" for n in range(4)]], "NA": ["na1", "na0"]}
+
+    run(redis_server, scenario, max_results_per_item=5)
+
+
+def test_the_count_drops_the_results_the_bound_trimmed(redis_server):
+    async def scenario(raw: Redis, clock: FakeClock, store: RedisResultStore) -> None:
+        later = clock.now_us + US_PER_DAY
+        await store.put_many(
+            [row("p", f"r{n}", reported_at_us=n, expires_at_us=later) for n in range(2_500)]
+        )
+        assert await raw.hlen("cds:r:{p}") == 3
+
+        async def count_is_three() -> bool:
+            return store.cached_count() == 3
+
+        await eventually(count_is_three)
+
+    run(redis_server, scenario, max_results_per_item=3, chunk_rows=1_000, count_refresh_s=0.02)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -12,7 +13,7 @@ from cds.results.base import ResultStore
 from cds.results.memory import MemoryResultStore
 from cds.results.redis_store import RedisResultStore
 from tests.support.redis_server import redis_server_fixture  # noqa: F401
-from tests.support.stores import FakeClock, row
+from tests.support.stores import FakeClock, eventually, row
 
 Scenario = Callable[[ResultStore, FakeClock], Awaitable[None]]
 
@@ -38,7 +39,12 @@ def harness(request: pytest.FixtureRequest) -> Harness:
     if request.param == "memory":
         return Harness(lambda clock: MemoryResultStore(max_results=10_000, clock=clock))
     server = request.getfixturevalue("redis_server")
-    return Harness(lambda clock: RedisResultStore(server.url, clock=clock))
+    # The count refreshes often so the bound's effect on it is seen within a test.
+    return Harness(
+        lambda clock: RedisResultStore(
+            server.url, clock=clock, count_refresh_s=0.05, maintenance_interval_s=0.05
+        )
+    )
 
 
 def ids(results) -> dict[str, list[str]]:
@@ -237,5 +243,178 @@ def test_empty_batches_change_nothing(harness: Harness) -> None:
         await store.put_many([])
         assert await store.withdraw_many([]) == 0
         assert dict(await store.get_patient("p")) == {}
+
+    harness.run(scenario)
+
+
+# The default --max-results-per-item: the stores are built with their defaults above.
+PER_ITEM = 100
+
+
+async def settled_count(store: ResultStore, expected: int) -> None:
+    """Exact at once for the in-process store; Redis's approximate count catches up."""
+
+    async def matches() -> bool:
+        await asyncio.sleep(0)
+        return store.cached_count() == expected
+
+    await eventually(matches)
+
+
+def test_only_the_newest_results_of_an_item_are_kept_and_other_items_are_untouched(
+    harness: Harness,
+) -> None:
+    async def scenario(store: ResultStore, clock: FakeClock) -> None:
+        now, later = clock.now_us, clock.now_us + US_PER_DAY
+        many = [
+            row("p", f"k{n:03}", "K", reported_at_us=now - 1_000 * n, expires_at_us=later)
+            for n in range(150)
+        ]
+        random.Random(1).shuffle(many)  # arrival order is not reported order
+        others = [
+            row("p", "na", "NA", reported_at_us=now - 10**9, expires_at_us=later),
+            row("q", "qk", "K", reported_at_us=now - 10**9, expires_at_us=later),
+        ]
+        await store.put_many(many + others)
+        assert ids(await store.get_patient("p")) == {
+            "K": [f"k{n:03}" for n in range(PER_ITEM)],
+            "NA": ["na"],
+        }
+        assert ids(await store.get_patient("q")) == {"K": ["qk"]}
+        await settled_count(store, PER_ITEM + 2)
+
+    harness.run(scenario)
+
+
+def test_an_older_result_than_those_kept_is_dropped_and_a_newer_one_displaces_the_oldest(
+    harness: Harness,
+) -> None:
+    async def scenario(store: ResultStore, clock: FakeClock) -> None:
+        now, later = clock.now_us, clock.now_us + US_PER_DAY
+        await store.put_many(
+            [
+                row("p", f"k{n:03}", reported_at_us=now - 1_000 * (n + 1), expires_at_us=later)
+                for n in range(PER_ITEM)
+            ]
+        )
+        kept = [f"k{n:03}" for n in range(PER_ITEM)]
+        await store.put_many([row("p", "older", reported_at_us=now - 10**9, expires_at_us=later)])
+        assert ids(await store.get_patient("p")) == {"K": kept}
+        await store.put_many([row("p", "newer", reported_at_us=now, expires_at_us=later)])
+        assert ids(await store.get_patient("p")) == {"K": ["newer", *kept[:-1]]}
+        await settled_count(store, PER_ITEM)
+
+    harness.run(scenario)
+
+
+def test_equal_report_times_at_the_bound_keep_the_greater_result_ids(harness: Harness) -> None:
+    async def scenario(store: ResultStore, clock: FakeClock) -> None:
+        now, later = clock.now_us, clock.now_us + US_PER_DAY
+        await store.put_many(
+            [row("p", f"k{n:03}", reported_at_us=now, expires_at_us=later) for n in range(120)]
+        )
+        assert ids(await store.get_patient("p")) == {"K": [f"k{n:03}" for n in range(119, 19, -1)]}
+
+    harness.run(scenario)
+
+
+def test_the_bound_per_item_holds_across_many_puts_and_within_one(harness: Harness) -> None:
+    async def scenario(store: ResultStore, clock: FakeClock) -> None:
+        now, later = clock.now_us, clock.now_us + US_PER_DAY
+        # K arrives one result per put (oldest first: each new one is the newest); NA in
+        # batches of 30 mixed with K; Cl all in one put.
+        for n in range(130):
+            await store.put_many(
+                [row("p", f"k{n:03}", "K", reported_at_us=now - 10**6 + n, expires_at_us=later)]
+            )
+        for batch in range(5):
+            na = [
+                row("p", f"na{batch * 30 + n:03}", "NA",
+                    reported_at_us=now - 10**6 + batch * 30 + n, expires_at_us=later)
+                for n in range(30)
+            ]  # fmt: skip
+            old_k = row("p", f"kb{batch}", "K", reported_at_us=now - 10**7, expires_at_us=later)
+            await store.put_many([*na, old_k])
+        await store.put_many(
+            [
+                row("p", f"cl{n:03}", "Cl", reported_at_us=now - 10**6 + n, expires_at_us=later)
+                for n in range(250)
+            ]
+        )
+        got = ids(await store.get_patient("p"))
+        assert got == {
+            "K": [f"k{n:03}" for n in range(129, 29, -1)],
+            "NA": [f"na{n:03}" for n in range(149, 49, -1)],
+            "Cl": [f"cl{n:03}" for n in range(249, 149, -1)],
+        }
+        await settled_count(store, 3 * PER_ITEM)
+
+    harness.run(scenario)
+
+
+def test_withdrawing_a_kept_result_does_not_bring_back_a_dropped_one(harness: Harness) -> None:
+    async def scenario(store: ResultStore, clock: FakeClock) -> None:
+        now, later = clock.now_us, clock.now_us + US_PER_DAY
+        await store.put_many(
+            [
+                row("p", f"k{n:03}", reported_at_us=now - 1_000 * n, expires_at_us=later)
+                for n in range(PER_ITEM + 1)
+            ]
+        )
+        assert await store.withdraw_many([("p", "k000"), ("p", f"k{PER_ITEM:03}")]) == 1
+        assert ids(await store.get_patient("p")) == {"K": [f"k{n:03}" for n in range(1, PER_ITEM)]}
+        await settled_count(store, PER_ITEM - 1)
+
+    harness.run(scenario)
+
+
+def test_random_puts_upserts_and_withdrawals_keep_exactly_the_newest_per_item(
+    harness: Harness,
+) -> None:
+    """Against a model: after every write each (patient, item) holds its newest results
+    (by report time, then result id), at most the bound."""
+
+    async def scenario(store: ResultStore, clock: FakeClock) -> None:
+        rng = random.Random(14)
+        now, later = clock.now_us, clock.now_us + US_PER_DAY
+        model: dict[str, dict[str, tuple[str, int]]] = {"p": {}, "q": {}}
+
+        def trim(results: dict[str, tuple[str, int]]) -> None:
+            by_item: dict[str, list[tuple[int, str]]] = {}
+            for result_id, (item, reported) in results.items():
+                by_item.setdefault(item, []).append((reported, result_id))
+            for group in by_item.values():
+                group.sort(reverse=True)
+                for _, result_id in group[PER_ITEM:]:
+                    del results[result_id]
+
+        for _ in range(40):
+            if rng.random() < 0.2:
+                refs = [("pq"[n % 2], f"r{n // 2}") for n in rng.sample(range(800), 20)]
+                await store.withdraw_many(refs)
+                for patient, result_id in refs:
+                    model[patient].pop(result_id, None)
+                continue
+            batch = []
+            # distinct ids in a batch: Redis's approximate count adds a duplicate twice
+            for n in rng.sample(range(800), rng.choice([1, 5, 60])):
+                patient, result_id = "pq"[n % 2], f"r{n // 2}"
+                item, reported = rng.choice("KKKN"), now - rng.randrange(300) * 1_000
+                batch.append(row(patient, result_id, item, reported_at_us=reported,
+                                 expires_at_us=later))  # fmt: skip
+                model[patient][result_id] = (item, reported)
+            await store.put_many(batch)
+            for patient in {stored.patient_id for stored in batch}:
+                trim(model[patient])
+            for patient, results in model.items():
+                want: dict[str, list[tuple[int, str]]] = {}
+                for result_id, (item, reported) in results.items():
+                    want.setdefault(item, []).append((reported, result_id))
+                expected = {
+                    item: [result_id for _, result_id in sorted(group, reverse=True)]
+                    for item, group in want.items()
+                }
+                assert ids(await store.get_patient(patient)) == expected
+        await settled_count(store, sum(len(results) for results in model.values()))
 
     harness.run(scenario)

@@ -7,7 +7,7 @@ instead of degrading every check later. Redis modules load only when a URL is gi
 
 from __future__ import annotations
 
-from cds.config import results_url_problem
+from cds.config import DEFAULT_MAX_RESULTS_PER_ITEM, results_url_problem
 from cds.results.base import ResultStore
 from cds.results.memory import MemoryResultStore
 
@@ -19,10 +19,13 @@ def check_results_url(url: str) -> None:
         raise ValueError(problem)
 
 
-def open_store(url: str | None, *, max_results: int) -> ResultStore:
+def open_store(
+    url: str | None, *, max_results: int, max_results_per_item: int = DEFAULT_MAX_RESULTS_PER_ITEM
+) -> ResultStore:
     """The configured store; ``None`` is the embedded in-process store."""
     if url is None:
-        return MemoryResultStore(max_results=max_results)
+        return MemoryResultStore(max_results=max_results, max_results_per_item=max_results_per_item)
     from cds.results.redis_store import RedisResultStore
 
-    return RedisResultStore(url)  # its connections refuse a URL they cannot use
+    # its connections refuse a URL they cannot use
+    return RedisResultStore(url, max_results_per_item=max_results_per_item)

@@ -23,6 +23,14 @@ Why this shape:
 * The bound is in results, not patients: an ``OrderedDict`` in least-recently-used
   order (a read or write is a use) plus a running row count; the least recently used
   patients go first.
+* A second bound, per (patient, item code): at most ``max_results_per_item`` results,
+  the newest by ``reported_at`` (ties: the greater result id, as reads order them).
+  A check walks the patient's results of each ordered item, so one feed of thousands
+  of results of one item must not make every later check of it walk them all; the
+  rules read only the newest, so an older one dropped at write time could never have
+  been shown first. Withdrawing a kept result does not bring back a dropped one.
+  Appending is still the common path: it checks, on the packed rows alone, that the
+  items written keep room (``_has_room``); otherwise the write merges, which trims.
 * Expiry is exact per row: a record carries its earliest row expiry. A read or write
   that reaches a record past that instant drops its expired rows first, so no caller
   ever sees an expired row. For memory, an hourly *expiry wheel* (bucket -> patient ids,
@@ -49,6 +57,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 
+from cds.config import DEFAULT_MAX_RESULTS_PER_ITEM
 from cds.domain import US_PER_SECOND, StoredResult, new_tuple
 from cds.results.base import EMPTY_RESULTS, PatientResults, StoredRow
 
@@ -59,6 +68,9 @@ _ROW_SIZE = _ROW.size
 _pack_head = _HEAD.pack
 _pack_row = _ROW.pack
 _unpack_head = _HEAD.unpack_from
+# Just a row's item code index, the rest skipped: counting rows per item is then cheap.
+_ROW_ITEM = struct.Struct("<16xI7x")
+assert _ROW_ITEM.size == _ROW_SIZE
 
 # A code index with this bit set is no index: the code's text follows the result id, and
 # the low bits are its length in characters.
@@ -83,12 +95,22 @@ def _result_newest(result: StoredResult) -> tuple[int, str]:
 
 
 class MemoryResultStore:
-    """In-process ``ResultStore`` bounded by ``max_results`` rows; see the module docstring."""
+    """In-process ``ResultStore`` bounded by ``max_results`` rows and by
+    ``max_results_per_item`` per (patient, item code); see the module docstring."""
 
-    def __init__(self, max_results: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        max_results: int,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_results_per_item: int = DEFAULT_MAX_RESULTS_PER_ITEM,
+    ) -> None:
         if max_results < 1:
             raise ValueError("max_results must be at least 1")
+        if max_results_per_item < 1:
+            raise ValueError("max_results_per_item must be at least 1")
         self._max_results = max_results
+        self._per_item = max_results_per_item
         self._clock = clock
         self._patients: OrderedDict[str, bytes] = OrderedDict()
         self._rows = 0
@@ -127,14 +149,32 @@ class MemoryResultStore:
         text.append(code)
         return _INLINE | len(code)
 
-    def _encode(self, entries: dict[str, _Entry]) -> tuple[bytes, int]:
-        """The rows and text part of a record of ``entries`` (non-empty), its earliest expiry."""
+    def _encode(self, entries: dict[str, _Entry]) -> tuple[bytes, int, int]:
+        """The rows and text part of a record of ``entries`` (non-empty), its earliest
+        expiry and its row count: the newest of each item within the per-item bound, and
+        the newest of those within the whole bound."""
         items = list(entries.items())
+        per_item = self._per_item
+        if len(items) > per_item:
+            counts: dict[str, int] = {}
+            for _result_id, entry in items:
+                counts[entry[2]] = counts.get(entry[2], 0) + 1
+            if max(counts.values()) > per_item:
+                items.sort(key=_newest_first, reverse=True)
+                kept: dict[str, int] = {}
+                trimmed: list[tuple[str, _Entry]] = []
+                for item in items:
+                    item_code = item[1][2]
+                    k = kept.get(item_code, 0)
+                    if k < per_item:
+                        kept[item_code] = k + 1
+                        trimmed.append(item)
+                items = trimmed
         if len(items) > self._max_results:  # one patient larger than the whole bound
             items.sort(key=_newest_first, reverse=True)
             del items[self._max_results :]
         rows, text, earliest = self._pack(items)
-        return rows + text.encode(), earliest
+        return rows + text.encode(), earliest, len(items)
 
     def _unpack_rows(self, record: bytes, n: int) -> Iterator[tuple[str, str, str, int, int, bool]]:
         """Unpack the first ``n`` rows: (result_id, item, institution, reported, expires, mark).
@@ -266,9 +306,8 @@ class MemoryResultStore:
                 self._rows -= _unpack_head(old)[2]
                 del self._patients[patient_id]
             return
-        body, earliest = self._encode(entries)
-        self._store(patient_id, old, body, earliest, min(len(entries), self._max_results),
-                    move=move, refile=refile)  # fmt: skip
+        body, earliest, n = self._encode(entries)
+        self._store(patient_id, old, body, earliest, n, move=move, refile=refile)
 
     def _store(
         self,
@@ -304,7 +343,7 @@ class MemoryResultStore:
 
     def _append(self, patient_id: str, old: bytes, new: dict[str, _Entry], now: int) -> bool:
         """Add rows of new result ids to a live record without unpacking it; False if
-        that is not possible (an upsert, a due row, the bound) and the caller must merge.
+        that is not possible (an upsert, a due row, a bound) and the caller must merge.
         """
         earliest, _filed, n = _unpack_head(old)
         if earliest <= now or n + len(new) > self._max_results:
@@ -315,9 +354,38 @@ class MemoryResultStore:
         for result_id in new:
             if result_id in text:  # maybe present (or a substring of another id)
                 return False
+        if n + len(new) > self._per_item and not self._has_room(old, end, new):
+            return False
         rows, new_text, new_earliest = self._pack(list(new.items()))
         body = old[_HEAD_SIZE:end] + rows + old_text + new_text.encode()
         self._store(patient_id, old, body, min(earliest, new_earliest), n + len(new), move=True)
+        return True
+
+    def _has_room(self, old: bytes, end: int, new: dict[str, _Entry]) -> bool:
+        """Whether every item of ``new`` stays within the per-item bound once appended
+        to ``old`` (rows up to ``end``), counted on the packed code indexes alone."""
+        per_item = self._per_item
+        if len(self._codes) >= _MAX_CODES:
+            return False  # codes may be stored inline, not counted by index: merge
+        adding: dict[str, int] = {}
+        for entry in new.values():
+            adding[entry[2]] = adding.get(entry[2], 0) + 1
+        after: dict[int, int] = {}
+        index = self._code_index
+        for item_code, k in adding.items():
+            if k > per_item:
+                return False
+            ci = index.get(item_code)
+            if ci is not None:  # else new to the table: no stored row has it yet
+                after[ci] = k
+        if not after:
+            return True
+        for (row_ci,) in _ROW_ITEM.iter_unpack(memoryview(old)[_HEAD_SIZE:end]):
+            held = after.get(row_ci)
+            if held is not None:
+                if held >= per_item:
+                    return False
+                after[row_ci] = held + 1
         return True
 
     # -- the ResultStore interface -----------------------------------------------------
@@ -362,9 +430,8 @@ class MemoryResultStore:
             old = patients.get(patient_id)
             if old is None:
                 if new:
-                    body, earliest = self._encode(new)
-                    self._store(patient_id, None, body, earliest,
-                                min(len(new), self._max_results), move=True)  # fmt: skip
+                    body, earliest, n = self._encode(new)
+                    self._store(patient_id, None, body, earliest, n, move=True)
                 continue
             if not expired and new and self._append(patient_id, old, new, now):
                 continue

@@ -25,6 +25,16 @@ from blocking Redis (and everyone's checks) for long. ``put_many`` returns only 
 Redis has replied to every command: an acknowledged write is in Redis. Any error
 raises ``ResultsUnavailable`` and the feed retries; replays are idempotent.
 
+Bound per item. A patient keeps at most ``max_results_per_item`` results per item code
+(``--max-results-per-item``), the newest by ``reported_at`` (ties: the greater result
+id), because a check walks every kept result of each ordered item. The put script
+trims, atomically with the write: when the hash holds more fields than the bound, each
+item code the write touched keeps its newest, the rest are ``HDEL``ed (and reported, so
+the count drops them). An older result than those kept is therefore dropped as it
+arrives; withdrawing a kept result does not bring a dropped one back. Reads keep the
+newest per item too, so a hash written before the bound existed (trimmed only when its
+item is next written) still costs a check at most the bound per item.
+
 Near-cache and its guarantee. Each store instance keeps a small bounded TTL cache of
 decoded patients (``near_cache_size`` patients, ``near_cache_ttl_s``) so a patient's
 repeated checks in one ordering session cost one round trip. It stays correct when
@@ -102,6 +112,7 @@ from cachetools import TTLCache
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 
+from cds.config import DEFAULT_MAX_RESULTS_PER_ITEM
 from cds.domain import US_PER_SECOND, StoredResult
 from cds.results.base import EMPTY_RESULTS, PatientResults, ResultsUnavailable, StoredRow
 from cds.results.redis_connection import RedisConnection
@@ -117,13 +128,34 @@ _MARK_BIT = 0x8000
 # Several patients per call (one hash slot's worth on Cluster, at most
 # ``_PATIENTS_PER_SCRIPT``: one call blocks Redis, so it stays well under a millisecond).
 # For each patient KEYS[k]: drop its expired fields, upsert the given ones, extend the
-# key's TTL. ARGV[1] now (s); then per key: expire-at (s), n pairs, n deletes, the
+# key's TTL, trim each item code written to its newest ARGV[2] fields. ARGV[1] now (s),
+# ARGV[2] the bound per item; then per key: expire-at (s), n pairs, n deletes, the
 # field/value pairs, the fields to delete (upserts that are already expired).
-# Returns, per key, the previous values of the set and deleted fields (nil where absent).
+# Returns, per key, {the previous values of the set and deleted fields (nil where
+# absent), the values of the fields trimmed}.
+# A value (see _pack) holds reported_at µs as an i64 at byte 5 (Lua counts from 1) and
+# the item code's length (low 15 bits of a u16 at byte 13) before the code at byte 15.
+# µs since the epoch are exact in Lua's doubles (below 2^53).
 _PUT_LUA = """
 local now = tonumber(ARGV[1])
-local pos = 2
+local per_item = tonumber(ARGV[2])
+local pos = 3
 local out = {}
+local function item_of(value)
+  return string.sub(value, 15, 14 + struct.unpack('<I2', value, 13) % 32768)
+end
+-- The reads' order: later reported_at first, then the greater result id compared by
+-- bytes (UTF-8 keeps the code point order Python compares by; Lua's < on strings is
+-- strcoll, which follows the locale).
+local function newer(a, b)
+  if a[1] ~= b[1] then return a[1] > b[1] end
+  local x, y = a[2], b[2]
+  for i = 1, math.min(#x, #y) do
+    local bx, by = string.byte(x, i), string.byte(y, i)
+    if bx ~= by then return bx > by end
+  end
+  return #x > #y
+end
 for k = 1, #KEYS do
   local key = KEYS[k]
   local expire_at = ARGV[pos]
@@ -143,12 +175,44 @@ for k = 1, #KEYS do
   for i = set_to + 1, del_to do old[#old + 1] = old_by_field[ARGV[i]] or false end
   if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
   if del_to > set_to then redis.call('HDEL', key, unpack(ARGV, set_to + 1, del_to)) end
+  local trimmed = {}
   if set_to > set_from then
     redis.call('HSET', key, unpack(ARGV, set_from, set_to))
     redis.call('EXPIREAT', key, expire_at, 'NX')
     redis.call('EXPIREAT', key, expire_at, 'GT')
+    -- old_by_field becomes the hash as it now is
+    for i = 1, #dead do old_by_field[dead[i]] = nil end
+    for i = set_to + 1, del_to do old_by_field[ARGV[i]] = nil end
+    for i = set_from, set_to, 2 do old_by_field[ARGV[i]] = ARGV[i + 1] end
+    local fields = 0
+    for _ in pairs(old_by_field) do fields = fields + 1 end
+    if fields > per_item then
+      -- only items this write added to can have grown past the bound
+      local touched = {}
+      for i = set_from + 1, set_to, 2 do touched[item_of(ARGV[i])] = {} end
+      for field, value in pairs(old_by_field) do
+        local group = touched[item_of(value)]
+        if group then
+          local reported = struct.unpack('<i8', value, 5)
+          group[#group + 1] = {reported, field, value}
+        end
+      end
+      local drop = {}
+      for _, group in pairs(touched) do
+        if #group > per_item then
+          table.sort(group, newer)
+          for j = per_item + 1, #group do
+            drop[#drop + 1] = group[j][2]
+            trimmed[#trimmed + 1] = group[j][3]
+          end
+        end
+      end
+      for i = 1, #drop, 1000 do
+        redis.call('HDEL', key, unpack(drop, i, math.min(i + 999, #drop)))
+      end
+    end
   end
-  out[k] = old
+  out[k] = {old, trimmed}
 end
 return out
 """
@@ -191,9 +255,12 @@ def _newest_first(result: StoredResult) -> tuple[int, str]:
     return (result.reported_at_us, result.result_id)
 
 
-def _decode(raw: dict[bytes, bytes], now_us: int) -> tuple[PatientResults, int, bool]:
-    """The live rows grouped by item code, newest first; their earliest expiry (µs);
-    whether any row had already expired."""
+def _decode(
+    raw: dict[bytes, bytes], now_us: int, per_item: int
+) -> tuple[PatientResults, int, bool]:
+    """The live rows grouped by item code, newest first, at most ``per_item`` of each
+    (a hash from before the bound may hold more); their earliest expiry (µs); whether
+    any row had already expired."""
     if not raw:
         return EMPTY_RESULTS, _NEVER, False
     intern = sys.intern
@@ -227,6 +294,8 @@ def _decode(raw: dict[bytes, bytes], now_us: int) -> tuple[PatientResults, int, 
     for item_code, group in grouped.items():
         if len(group) > 1:
             group.sort(key=_newest_first, reverse=True)
+            if len(group) > per_item:
+                del group[per_item:]
         by_item[item_code] = tuple(group)
     return by_item, earliest_s * US_PER_SECOND, expired
 
@@ -255,7 +324,11 @@ class RedisResultStore:
         count_refresh_s: float = 5.0,
         maintenance_interval_s: float = 1.0,
         heartbeat_s: float | None = None,
+        max_results_per_item: int = DEFAULT_MAX_RESULTS_PER_ITEM,
     ) -> None:
+        if max_results_per_item < 1:
+            raise ValueError("max_results_per_item must be at least 1")
+        self._per_item = max_results_per_item
         # Checks read with the read timeouts (through the pipelined link where it serves
         # the URL); writes, scripts and pub/sub go through redis-py with the longer ones.
         self._reads = RedisConnection(
@@ -478,7 +551,7 @@ class RedisResultStore:
                 patients, self._to_prune = self._to_prune, set()
                 with contextlib.suppress(RedisError, OSError, ResultsUnavailable):
                     keys = [self._key(p) for p in patients]
-                    head = [int(self._clock())]
+                    head = [int(self._clock()), self._per_item]
                     await self._run_scripts("put", keys, [[0, 0, 0]] * len(keys), head)
             if time.monotonic() >= next_count:
                 with contextlib.suppress(RedisError, OSError):
@@ -596,7 +669,8 @@ class RedisResultStore:
                 raw = cast("dict[bytes, bytes]", reply)
             except (RedisError, OSError) as exc:
                 raise ResultsUnavailable(f"redis read failed: {type(exc).__name__}") from exc
-        results, earliest_us, expired = _decode(raw, int(self._clock() * US_PER_SECOND))
+        now_us = int(self._clock() * US_PER_SECOND)
+        results, earliest_us, expired = _decode(raw, now_us, self._per_item)
         if expired:
             self._to_prune.add(patient_id)
         if self._near_live and near is not None and self._epoch == epoch:
@@ -634,14 +708,19 @@ class RedisResultStore:
         ]
         try:
             replies = await self._run_scripts(
-                "put", keys, args, [now_us // US_PER_SECOND], publish=list(by_patient)
+                "put",
+                keys,
+                args,
+                [now_us // US_PER_SECOND, self._per_item],
+                publish=list(by_patient),
             )
         except (RedisError, OSError) as exc:
             raise ResultsUnavailable(f"redis write failed: {type(exc).__name__}") from exc
         finally:
             self._invalidate(by_patient)
-        for old_values in replies:
-            for old in old_values:
+        # replaced or deleted rows (previous values), then rows the bound per item trimmed
+        for old_values, trimmed in replies:
+            for old in (*old_values, *trimmed):
                 if old is not None:
                     day = _expiry_s(old) // _S_PER_DAY
                     added[day] = added.get(day, 0) - 1

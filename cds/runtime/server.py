@@ -179,7 +179,11 @@ class CdsServer:
             credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
         authenticator = Authenticator(config.auth_tokens) if config.auth_tokens else None
         metrics = Metrics(multiprocess=role is not None)
-        store = open_store(config.results, max_results=config.max_results)
+        store = open_store(
+            config.results,
+            max_results=config.max_results,
+            max_results_per_item=config.max_results_per_item,
+        )
         decision_log = config.decision_log
         if role is None:
             state = CatalogState.load(config.catalog, metrics=metrics)
