@@ -238,3 +238,65 @@ def test_a_record_after_a_torn_last_line_gets_a_line_of_its_own(tmp_path):
     _first, torn, counts = path.read_bytes().split(b"\n")[:3]
     assert torn == b'{"schema":"cds.au'
     assert json.loads(counts)["type"] == "counts"
+
+
+def _oversized_entry(lines: int, code: str) -> DecisionEntry:
+    from cds.domain import PriorResult
+
+    priors = tuple(
+        PriorResult("R" * 120 + f"{k:08d}", "H2", code, NOW - DAY, NOW + DAY) for k in range(10)
+    )
+    reason = Reason("RECOGNIZABLE_RESULT_EXISTS", Decision.WARN, "m", priors, (), "", False, 5)
+    items = tuple(OrderItem(f"L{n:03d}", code, LAB, "", "", True) for n in range(lines))
+    evaluation = Evaluation(
+        Decision.WARN,
+        tuple(ItemDecision(i.line_id, code, Decision.WARN, (reason,)) for i in items),
+    )
+    return DecisionEntry("d-big", order(*items), evaluation, "v1", (), NOW)
+
+
+def test_a_decision_record_over_64_kib_gives_up_its_prior_ids_and_stays_one_json_line(tmp_path):
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, Pseudonymizer.from_config(None))
+    log.start()
+    log.log_decision(_oversized_entry(100, "K" * 128))  # ~190 KB as it was
+    log.log_decision(_oversized_entry(2, "K"))  # small: untouched
+    asyncio.run(log.close())
+    raw = path.read_bytes().splitlines()
+    assert all(len(r) <= 64 * 1024 for r in raw)
+    big, small = (json.loads(r) for r in raw)
+    assert big["truncated"] == ["prior_result_ids"]
+    assert len(big["items"]) == 100
+    for item in big["items"]:
+        (reason,) = item["reasons"]
+        assert reason["prior_result_ids"] == []
+        assert reason["prior_results_omitted"] == 15  # the 10 ids dropped, plus 5 before
+    assert "truncated" not in small
+    assert len(small["items"][0]["reasons"][0]["prior_result_ids"]) == 10
+    assert small["items"][0]["reasons"][0]["prior_results_omitted"] == 5
+
+
+def test_a_record_too_long_even_without_ids_keeps_the_lines_that_fit_and_counts_the_rest(
+    tmp_path,
+):
+    from cds.decisions import log as decision_log
+
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, Pseudonymizer.from_config(None))
+    log.start()
+    original = decision_log.MAX_DECISION_RECORD_BYTES
+    decision_log.MAX_DECISION_RECORD_BYTES = 4096  # 100 lines without ids are ~15 KB
+    try:
+        log.log_decision(_oversized_entry(100, "K" * 64))
+        asyncio.run(log.close())
+    finally:
+        decision_log.MAX_DECISION_RECORD_BYTES = original
+    (raw,) = path.read_bytes().splitlines()
+    assert len(raw) <= 4096
+    record = json.loads(raw)
+    assert record["truncated"] == ["prior_result_ids", "items"]
+    assert 0 < len(record["items"]) < 100
+    assert len(record["items"]) + record["items_omitted"] == 100
+    assert [i["line_id"] for i in record["items"]] == [
+        f"L{n:03d}" for n in range(len(record["items"]))
+    ]

@@ -38,9 +38,29 @@ def test_a_check_after_ten_thousand_results_of_one_item_answers_in_time(tmp_path
         assert cached is not None and float(cached.group(1)) == 100
 
         lines = [item(line_id=str(n), item_code="K") for n in range(100)]
+        # Meanwhile another caller's small checks must keep meeting a 1 s deadline.
+        small = [server.check.Check.future(check_request(), timeout=1) for _ in range(20)]
         started = time.monotonic()
         response = server.check.Check(check_request(*lines, patient_id="P9"), timeout=5)
         elapsed = time.monotonic() - started
+        assert [s.result().decision for s in small] == [types_pb2.DECISION_ALLOW] * 20
         assert len(response.items) == 100
         assert response.decision != types_pb2.DECISION_ALLOW  # the recent K results are seen
-        assert elapsed < 5
+        for line in response.items:
+            (reason,) = [r for r in line.reasons if r.code == "RECOGNIZABLE_RESULT_EXISTS"]
+            assert len(reason.prior_results) == 10  # the newest ten listed...
+            assert reason.prior_results_omitted == 90  # ...of the 100 kept
+            assert reason.prior_results[0].result_id == "R00000"
+        assert response.ByteSize() < 256 * 1024  # was 40-165 MB
+        assert elapsed < 2
+        # Its decision-log record is as bounded as the answer (it was a 131 MB line).
+        deadline = time.monotonic() + 10
+        while response.decision_id.encode() not in server.decision_log_path.read_bytes():
+            assert time.monotonic() < deadline, "the decision was not logged"
+            time.sleep(0.05)
+        record = next(
+            line
+            for line in server.decision_log_path.read_bytes().splitlines()
+            if response.decision_id.encode() in line
+        )
+        assert len(record) < 64 * 1024

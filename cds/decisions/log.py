@@ -79,6 +79,42 @@ def _reason_entry(r: Reason) -> dict[str, Any]:
     return entry
 
 
+# A decision record's bound. 100 lines of 128-character codes with ten prior result ids
+# each can reach ~200 KB; one such line once was 131 MB, and size rotation then had
+# room for nothing else. Past the bound a record stays valid JSON that says what it
+# left out (``truncated``), never a line cut in the middle.
+MAX_DECISION_RECORD_BYTES = 64 * 1024
+
+
+def _shortened(record: dict[str, Any]) -> bytes:
+    """``record`` within MAX_DECISION_RECORD_BYTES: first the prior result ids give way
+    (counted into each reason's ``prior_results_omitted``), then, if still too long,
+    the last lines (counted in ``items_omitted``)."""
+    for item in record["items"]:
+        for reason in item["reasons"]:
+            ids = reason.pop("prior_result_ids")
+            reason["prior_result_ids"] = []
+            if ids:
+                reason["prior_results_omitted"] = reason.get("prior_results_omitted", 0) + len(ids)
+    record["truncated"] = ["prior_result_ids"]
+    line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    items = record["items"]
+    if len(line) <= MAX_DECISION_RECORD_BYTES or not items:
+        return line
+    # Keep the lines that fit, in order: the sizes of their JSON add up (plus commas).
+    budget = MAX_DECISION_RECORD_BYTES - (len(line) - len(orjson.dumps(items))) - 64
+    kept = 0
+    for item in items:
+        budget -= len(orjson.dumps(item)) + 1
+        if budget < 0:
+            break
+        kept += 1
+    record["items"] = items[:kept]
+    record["items_omitted"] = len(items) - kept
+    record["truncated"] = ["prior_result_ids", "items"]
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
 def _rfc3339(at_us: int) -> str:
     # Whole seconds and microseconds from the int: exact, no float rounding.
     seconds, us = divmod(at_us, US_PER_SECOND)
@@ -407,7 +443,8 @@ class DecisionLog:
             "patient": p.patient(order.patient_id),
             "clinician": p.clinician(order.clinician_id),
         }
-        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        return line if len(line) <= MAX_DECISION_RECORD_BYTES else _shortened(record)
 
     def _counts_line(self, c: CountsEntry) -> bytes:
         lines = []
