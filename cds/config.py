@@ -31,6 +31,9 @@ DEFAULT_DECISION_TTL_SECONDS = 3600.0
 # supervision report's denominators (a crash loses at most this much of them).
 DEFAULT_COUNTS_INTERVAL_SECONDS = 60.0
 DEFAULT_MAX_DECISIONS = 100_000
+# ~300-600 bytes a decision of a few lines (benchmarks/decision_memory.py): the count
+# bound is reached first on ordinary orders; this one holds when orders are huge.
+DEFAULT_MAX_DECISION_BYTES = 64 * 1024 * 1024
 # Results kept per (patient, item code), the newest by report time: a check walks a
 # patient's results of an ordered item, so one huge feed of one item must not make every
 # later check of it slow. The rules read the newest few; 100 is many months of daily tests.
@@ -163,6 +166,14 @@ class ServeConfig:
     max_decisions: int = field(
         default=DEFAULT_MAX_DECISIONS,
         metadata=_setting("decisions remembered for feedback", check="positive"),
+    )
+    max_decision_bytes: int = field(
+        default=DEFAULT_MAX_DECISION_BYTES,
+        metadata=_setting(
+            "bytes the remembered decisions may take; the oldest go first beyond this or "
+            "--max-decisions",
+            check="positive",
+        ),
     )
     decision_ttl: float = field(
         default=DEFAULT_DECISION_TTL_SECONDS,

@@ -99,16 +99,52 @@ def test_the_bound_drops_the_oldest_decision_first():
     assert all(memory.recall(f"d{i}") is not None for i in (1, 2, 3))
 
 
-def test_a_recalled_decision_equals_the_one_answered_prior_results_and_all():
+def test_a_recalled_decision_keeps_what_feedback_reads_and_no_clinician_text():
     prior = PriorResult("R1", "H2", "K", 10, 20)
-    reason = Reason("RECOGNIZABLE_RESULT_EXISTS", Decision.WARN, "m", (prior,), (OPT_A,), "src")
+    reason = Reason("RECOGNIZABLE_RESULT_EXISTS", Decision.WARN, "m", (prior,), (OPT_B,), "src")
     evaluation = Evaluation(Decision.WARN, (ItemDecision("1", "K", Decision.WARN, (reason,)),))
     memory = DecisionMemory()
     memory.remember("d1", _order(), evaluation, "v")
     remembered = memory.recall("d1")
     assert remembered is not None
-    assert remembered.evaluation == evaluation
-    assert remembered.evaluation.items[0].reasons[0].decision is Decision.WARN
+    (line,) = remembered.evaluation.items
+    assert (line.line_id, line.item_code, line.decision) == ("1", "K", Decision.WARN)
+    (back,) = line.reasons
+    assert back.code == "RECOGNIZABLE_RESULT_EXISTS"
+    assert back.decision is Decision.WARN
+    assert [(o.code, o.requires_comment) for o in back.override_options] == [("B", True)]
+    assert [p.result_id for p in back.prior_results] == ["R1"]  # the feedback record's ids
+    # Not kept: the message, the source, the options' texts (data minimisation, bytes).
+    assert (back.message, back.source, back.override_options[0].display) == ("", "", "")
+
+
+def _huge_evaluation() -> Evaluation:
+    """100 lines, each with a reason listing ten 128-character prior result ids."""
+    priors = tuple(PriorResult(f"{k:03d}" + "R" * 125, "H2", "K", 10, 20) for k in range(10))
+    reason = Reason("RECOGNIZABLE_RESULT_EXISTS", Decision.WARN, "m" * 300, priors, (OPT_A,))
+    items = tuple(ItemDecision(f"{n}", "K" * 128, Decision.WARN, (reason,)) for n in range(100))
+    return Evaluation(Decision.WARN, items)
+
+
+def test_the_memory_is_bounded_in_bytes_the_oldest_going_first():
+    memory = DecisionMemory(max_decisions=1000, max_bytes=1_000_000)
+    for i in range(50):
+        memory.remember(f"d{i}", _order(), _huge_evaluation(), "v")
+    assert memory.bytes <= 1_000_000
+    assert 0 < len(memory) < 50  # ~145 KB each: the bytes bound, not the count, holds
+    kept = len(memory)
+    assert memory.recall(f"d{49}") is not None
+    assert memory.recall(f"d{49 - kept}") is None and memory.recall(f"d{50 - kept}") is not None
+    # Small decisions fill what is left again, counted exactly.
+    for i in range(50, 60):
+        memory.remember(f"d{i}", _order(), EVALUATION, "v")
+    assert memory.bytes <= 1_000_000
+
+
+def test_a_remembered_decision_of_a_few_lines_costs_a_few_hundred_bytes():
+    memory = DecisionMemory()
+    memory.remember("0123456789abcdef-1", _order(), EVALUATION, "v")
+    assert memory.bytes < 500  # the record (~130 B) and the entry's fixed cost
 
 
 def test_remembered_decisions_add_nothing_for_the_garbage_collector_to_walk():

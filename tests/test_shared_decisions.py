@@ -70,6 +70,24 @@ def test_the_record_keeps_what_feedback_needs():
     assert find_line(back, "2") is not None
 
 
+def test_a_record_an_earlier_release_wrote_to_redis_is_still_read():
+    """A rolling upgrade: the previous release's nested record, without prior ids."""
+    earlier = (
+        b'["P1","C1","H1","D1","v6",2,[["1","K",2,[["RECOGNIZABLE_RESULT_EXISTS",2,'
+        b'[["CHANGED",false],["OTHER",true]]]]],["2","NA",1,[]]]]'
+    )
+    back = decode(earlier)
+    assert back[:5] == ("P1", "C1", "H1", "D1", "v6")
+    line = find_line(back, "1")
+    assert line is not None and line.decision == Decision.WARN
+    assert [(r.code, r.prior_results) for r in line.reasons] == [("RECOGNIZABLE_RESULT_EXISTS", ())]
+    assert {c: o.requires_comment for c, o in offered_overrides(line).items()} == {
+        "CHANGED": False,
+        "OTHER": True,
+    }
+    assert find_line(back, "2") == ItemDecision("2", "NA", Decision.ALLOW, ())
+
+
 def run(coro):
     return asyncio.run(coro)
 

@@ -443,8 +443,8 @@ class DecisionLog:
             "patient": p.patient(order.patient_id),
             "clinician": p.clinician(order.clinician_id),
         }
-        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        return line if len(line) <= MAX_DECISION_RECORD_BYTES else _shortened(record)
+        encoded = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        return encoded if len(encoded) <= MAX_DECISION_RECORD_BYTES else _shortened(record)
 
     def _counts_line(self, c: CountsEntry) -> bytes:
         lines = []

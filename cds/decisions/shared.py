@@ -14,8 +14,9 @@ What is shared, and why not more:
   such a decision is still found by the worker that made it).
 * Only what feedback and its log record need: the ids, the catalogue version, each
   line's code and decision, each reason's code and decision and the offered override
-  codes with their "comment required" flag — not the clinician-facing texts or the
-  listed prior results.
+  codes with their "comment required" flag and the listed prior results' ids: the
+  local memory's own record (:func:`cds.decisions.memory.encode`), so it is encoded
+  once — not the clinician-facing texts.
 
 Off the Check path: ``remember`` appends to a list and, once per event-loop tick,
 schedules a callback that sends what gathered as ``SET``s into the pipelined
@@ -44,19 +45,16 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-import orjson
 from redis.exceptions import RedisError
 
-from cds.config import DEFAULT_DECISION_TTL_SECONDS, DEFAULT_MAX_DECISIONS
-from cds.decisions.memory import DecisionMemory, Remembered
-from cds.domain import (
-    Decision,
-    Evaluation,
-    ItemDecision,
-    Order,
-    OverrideOption,
-    Reason,
+from cds.config import (
+    DEFAULT_DECISION_TTL_SECONDS,
+    DEFAULT_MAX_DECISION_BYTES,
+    DEFAULT_MAX_DECISIONS,
 )
+from cds.decisions.memory import DecisionMemory, Remembered, decode
+from cds.decisions.memory import encode as encode_record
+from cds.domain import Decision, Evaluation, Order
 from cds.results.base import ResultsUnavailable
 from cds.results.redis_connection import RedisConnection
 from cds.results.redis_wire import pack
@@ -72,65 +70,14 @@ MISS_RETRY_S = 0.05
 
 
 def encode(r: Remembered) -> bytes:
-    """The compact record (see the module docstring for what is left out)."""
-    ev = r.evaluation
-    return orjson.dumps(
-        [
-            r.patient_id,
-            r.clinician_id,
-            r.institution_id,
-            r.department_id,
-            r.catalog_version,
-            int(ev.decision),
-            [
-                [
-                    i.line_id,
-                    i.item_code,
-                    int(i.decision),
-                    [
-                        [
-                            x.code,
-                            int(x.decision),
-                            [[o.code, o.requires_comment] for o in x.override_options],
-                        ]
-                        for x in i.reasons
-                    ],
-                ]
-                for i in ev.items
-            ],
-        ]
-    )
-
-
-def decode(data: bytes) -> Remembered:
-    patient, clinician, institution, department, version, decision, items = orjson.loads(data)
-    return Remembered(
-        patient,
-        clinician,
-        institution,
-        department,
-        version,
-        Evaluation(
-            Decision(decision),
-            tuple(
-                ItemDecision(
-                    line_id,
-                    item_code,
-                    Decision(line_decision),
-                    tuple(
-                        Reason(
-                            code,
-                            Decision(reason_decision),
-                            "",
-                            (),
-                            tuple(OverrideOption(o, "", comment) for o, comment in options),
-                        )
-                        for code, reason_decision, options in reasons
-                    ),
-                )
-                for line_id, item_code, line_decision, reasons in items
-            ),
-        ),
+    """The compact record, the local memory's own (cds.decisions.memory.encode)."""
+    return encode_record(
+        r.patient_id,
+        r.clinician_id,
+        r.institution_id,
+        r.department_id,
+        r.catalog_version,
+        r.evaluation,
     )
 
 
@@ -152,8 +99,9 @@ class SharedDecisionMemory(DecisionMemory):
         key_prefix: str = "cds:",
         timeout_s: float = 0.5,
         on_unshared: Callable[[int], object] | None = None,
+        max_bytes: int = DEFAULT_MAX_DECISION_BYTES,
     ) -> None:
-        super().__init__(max_decisions, ttl_seconds)
+        super().__init__(max_decisions, ttl_seconds, max_bytes=max_bytes)
         self._prefix = f"{key_prefix}d:"
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
         # Writes follow the answer and lookups serve feedback: off the Check path, so they
@@ -163,7 +111,7 @@ class SharedDecisionMemory(DecisionMemory):
         # redis-py's pipeline and a task wake-up per batch cost a loaded server a
         # noticeable share of its CPU.
         self._pipe = self._connection.pipe
-        self._pending: list[tuple[str, Remembered]] = []
+        self._pending: list[tuple[str, bytes]] = []  # (decision_id, its record)
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start(): sharing on
         self._scheduled = False
         self._task: asyncio.Task[None] | None = None  # a write that has to await (connect)
@@ -190,25 +138,18 @@ class SharedDecisionMemory(DecisionMemory):
 
     def remember(
         self, decision_id: str, order: Order, evaluation: Evaluation, catalog_version: str
-    ) -> None:
-        super().remember(decision_id, order, evaluation, catalog_version)
+    ) -> bytes:
+        record = super().remember(decision_id, order, evaluation, catalog_version)
         loop = self._loop
         if loop is not None and _worth_sharing(evaluation):
-            remembered = Remembered(
-                order.patient_id,
-                order.clinician_id,
-                order.institution_id,
-                order.department_id,
-                catalog_version,
-                evaluation,
-            )
             if len(self._pending) < MAX_PENDING:
-                self._pending.append((decision_id, remembered))
+                self._pending.append((decision_id, record))
                 if not self._scheduled:  # one write per event-loop tick, after this check
                     self._scheduled = True
                     loop.call_soon(self._write_pending)
             else:
                 self._count_unshared(1)
+        return record
 
     async def lookup(self, decision_id: str) -> Remembered | None:
         local = self.recall(decision_id)
@@ -247,7 +188,7 @@ class SharedDecisionMemory(DecisionMemory):
             return  # a running _flush takes this batch too
         batch, self._pending = self._pending, []
         prefix, ttl_ms = self._prefix, self._ttl_ms
-        futures = [link.send(pack("SET", prefix + d, encode(r), "PX", ttl_ms)) for d, r in batch]
+        futures = [link.send(pack("SET", prefix + d, r, "PX", ttl_ms)) for d, r in batch]
         last = futures[-1]  # replies come in order: when it is done, all are
         self._in_flight.add(last)
         last.add_done_callback(lambda _: self._written(futures))
@@ -273,12 +214,12 @@ class SharedDecisionMemory(DecisionMemory):
                 if self._pipe is not None:
                     prefix, ttl_ms = self._prefix, self._ttl_ms
                     await self._pipe.call_many(
-                        [pack("SET", prefix + d, encode(r), "PX", ttl_ms) for d, r in batch]
+                        [pack("SET", prefix + d, r, "PX", ttl_ms) for d, r in batch]
                     )
                 else:
                     pipe = self._connection.client.pipeline(transaction=False)
-                    for decision_id, remembered in batch:
-                        pipe.set(self._prefix + decision_id, encode(remembered), px=self._ttl_ms)
+                    for decision_id, record in batch:
+                        pipe.set(self._prefix + decision_id, record, px=self._ttl_ms)
                     await pipe.execute()
             except (RedisError, OSError, ResultsUnavailable) as e:
                 self._count_unshared(len(batch))

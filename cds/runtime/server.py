@@ -95,7 +95,9 @@ def worker_log_path(path: str, index: int) -> str:
 def open_memory(config: ServeConfig, metrics: Metrics) -> DecisionMemory:
     """Shared through Redis when results are (several workers/replicas), else local."""
     if config.results is None:
-        return DecisionMemory(config.max_decisions, config.decision_ttl)
+        return DecisionMemory(
+            config.max_decisions, config.decision_ttl, max_bytes=config.max_decision_bytes
+        )
     from cds.decisions.shared import SharedDecisionMemory
 
     return SharedDecisionMemory(
@@ -103,6 +105,7 @@ def open_memory(config: ServeConfig, metrics: Metrics) -> DecisionMemory:
         config.max_decisions,
         config.decision_ttl,
         on_unshared=metrics.decisions_unshared.inc,
+        max_bytes=config.max_decision_bytes,
     )
 
 
@@ -130,7 +133,9 @@ class CdsServer:
         self.memory = (  # not `or`: an empty memory is falsy (__len__)
             memory
             if memory is not None
-            else DecisionMemory(config.max_decisions, config.decision_ttl)
+            else DecisionMemory(
+                config.max_decisions, config.decision_ttl, max_bytes=config.max_decision_bytes
+            )
         )
         self.role = role
         # The orders a reload's impact is replayed on (in memory only, never logged).
