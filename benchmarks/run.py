@@ -602,14 +602,14 @@ async def _ingest(target: str, batches: list[bytes], inflight: int) -> dict[str,
     to 5 times, and the retries are counted (and their time is in the rate)."""
     from cds.v1 import result_feed_pb2
 
-    accepted = rejected = retries = 0
+    accepted = rejected = expired = retries = 0
     errors: list[str] = []
     async with grpc.aio.insecure_channel(target) as ch:
         call = ch.unary_unary(PUT_RESULTS)
         queue = list(reversed(batches))
 
         async def worker() -> None:
-            nonlocal accepted, rejected, retries
+            nonlocal accepted, rejected, expired, retries
             while queue:
                 body = queue.pop()
                 for attempt in range(6):
@@ -624,6 +624,7 @@ async def _ingest(target: str, batches: list[bytes], inflight: int) -> dict[str,
                 resp = result_feed_pb2.PutResultsResponse.FromString(raw)
                 accepted += resp.accepted
                 rejected += resp.rejected
+                expired += resp.expired
                 errors.extend(resp.errors[: max(0, 5 - len(errors))])
 
         t0 = time.perf_counter()
@@ -632,6 +633,7 @@ async def _ingest(target: str, batches: list[bytes], inflight: int) -> dict[str,
     return {
         "accepted": accepted,
         "rejected": rejected,
+        "expired": expired,
         "retried_batches": retries,
         "errors": errors,
         "seconds": wall,

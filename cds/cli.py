@@ -707,6 +707,7 @@ def _results_put(args: argparse.Namespace) -> int:
             )
             total.accepted += response.accepted
             total.rejected += response.rejected
+            total.expired += response.expired
             # Row indexes in errors are per request; shift them to the file's order.
             total.errors.extend(_shift_rows(e, start) for e in response.errors)
         _print_message(total)

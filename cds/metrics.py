@@ -279,6 +279,11 @@ class Metrics:
             "Results rejected by PutResults as invalid.",
             registry=r,
         )
+        self.results_expired = Counter(
+            "cds_results_expired_total",
+            "Valid results PutResults did not keep: already past their retention.",
+            registry=r,
+        )
         self.streams_refused = Counter(
             "cds_streams_refused_total",
             "Health Watch and reflection streams refused over --max-streams.",

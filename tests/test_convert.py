@@ -180,7 +180,7 @@ def _retention(code: str) -> int:
 
 
 def test_valid_rows_expire_when_their_longest_window_ends():
-    rows, errors, rejected = rows_from_results(
+    rows, errors, rejected, _ = rows_from_results(
         [result("R1", item_code="K"), result("R2", item_code="OTHER", recognition_mark=False)],
         NOW_US,
         _retention,
@@ -197,7 +197,7 @@ def test_valid_rows_expire_when_their_longest_window_ends():
 
 
 def test_bad_rows_are_rejected_by_index_and_field_and_good_rows_kept():
-    rows, errors, rejected = rows_from_results(
+    rows, errors, rejected, _ = rows_from_results(
         [
             result("R1"),
             result(""),
@@ -219,13 +219,48 @@ def test_bad_rows_are_rejected_by_index_and_field_and_good_rows_kept():
 
 
 def test_at_most_one_hundred_errors_are_listed_but_every_bad_row_is_counted():
-    rows, errors, rejected = rows_from_results(
+    rows, errors, rejected, _ = rows_from_results(
         [result(f"R{i}", patient_id="") for i in range(150)], NOW_US, _retention
     )
     assert rows == []
     assert rejected == 150
     assert len(errors) == 100
     assert errors[-1] == "results[99].patient_id: required"
+
+
+def test_rows_past_their_expiry_are_counted_expired_and_still_handed_to_the_store():
+    reported = 1_700_000_000_000_000
+    ends = reported + 7 * DAY_US  # K's retention in _retention
+    for now, expired in [(ends - 1, 0), (ends, 1), (ends + DAY_US, 1)]:
+        out = rows_from_results([result("R1", item_code="K")], now, _retention)
+        assert (out.rejected, out.expired) == (0, expired), now
+        # The store needs it: an expired row removes a stored row with its key.
+        assert [r.expires_at_us for r in out.rows] == [ends]
+
+
+def test_reported_at_outside_the_timestamp_range_is_rejected_naming_the_field():
+    rows = [result(f"R{i}") for i in range(5)]
+    rows[1].reported_at.seconds = -(2**63)
+    rows[2].reported_at.nanos = -1
+    rows[3].reported_at.nanos = 10**9
+    rows[4].reported_at.seconds = -62_135_596_801
+    out = rows_from_results(rows, NOW_US, _retention)
+    assert [r.result.result_id for r in out.rows] == ["R0"]
+    assert out.rejected == 4
+    assert out.errors == [
+        "results[1].reported_at: seconds outside 0001-01-01T00:00:00Z..9999-12-31T23:59:59Z",
+        "results[2].reported_at: nanos outside 0..999999999",
+        "results[3].reported_at: nanos outside 0..999999999",
+        "results[4].reported_at: seconds outside 0001-01-01T00:00:00Z..9999-12-31T23:59:59Z",
+    ]
+
+
+def test_reported_at_at_the_start_of_the_timestamp_range_is_a_valid_expired_row():
+    first = result("R1")
+    first.reported_at.seconds = -62_135_596_800
+    first.reported_at.nanos = 999_999_999
+    out = rows_from_results([first], NOW_US, _retention)
+    assert (out.rejected, out.expired, len(out.rows)) == (0, 1, 1)
 
 
 def test_withdraw_refs_skip_pairs_that_cannot_name_a_result():

@@ -37,6 +37,7 @@ CONTRACT_METRICS = (
     "cds_catalog_reloads_total",
     "cds_results_cached",
     "cds_results_ingested_total",
+    "cds_results_expired_total",
 )
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from cds.domain import BACKDATE_LIMIT_US
-from cds.orders.validation import FUTURE_SKEW_US, InvalidRequest, result_error
+from cds.orders.validation import (
+    FUTURE_SKEW_US,
+    TIMESTAMP_MAX_NANOS,
+    TIMESTAMP_MAX_SECONDS,
+    TIMESTAMP_MIN_SECONDS,
+    InvalidRequest,
+    result_error,
+)
 from cds.service.convert import checked_order
 from cds.v1 import order_check_pb2
 from tests.support.protos import check_request, item
@@ -127,6 +134,9 @@ def _result_error(**overrides):
         "now_us": NOW_US,
     }
     fields.update(overrides)
+    us = fields.pop("reported_at_us")
+    if "reported_at" not in fields:
+        fields["reported_at"] = None if us is None else (us // 1_000_000, us % 1_000_000 * 1000)
     return result_error(**fields)
 
 
@@ -195,3 +205,28 @@ def test_the_fast_check_and_the_wording_come_from_one_table(table):
             assert strings.error(empty) == f"{f.name}: required"
         else:
             assert strings.ok(empty) and strings.error(empty) is None
+
+
+_SECONDS_RANGE = "reported_at: seconds outside 0001-01-01T00:00:00Z..9999-12-31T23:59:59Z"
+_NANOS_RANGE = "reported_at: nanos outside 0..999999999"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "error"),
+    [
+        (-(2**63), 0, _SECONDS_RANGE),
+        (TIMESTAMP_MIN_SECONDS - 1, 0, _SECONDS_RANGE),
+        (TIMESTAMP_MAX_SECONDS + 1, 0, _SECONDS_RANGE),
+        (2**63 - 1, 0, _SECONDS_RANGE),
+        (NOW_US // 1_000_000, -1, _NANOS_RANGE),
+        (NOW_US // 1_000_000, 10**9, _NANOS_RANGE),
+        (NOW_US // 1_000_000, -(2**31), _NANOS_RANGE),
+    ],
+)
+def test_result_with_a_reported_at_outside_the_timestamp_range_is_refused(seconds, nanos, error):
+    assert _result_error(reported_at=(seconds, nanos)) == error
+
+
+def test_result_reported_at_the_ends_of_the_timestamp_range_is_not_malformed():
+    assert _result_error(reported_at=(TIMESTAMP_MIN_SECONDS, 0)) is None
+    assert _result_error(reported_at=(NOW_US // 1_000_000, TIMESTAMP_MAX_NANOS)) is None

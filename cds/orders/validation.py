@@ -30,6 +30,12 @@ MAX_RESULT_ERRORS = 100
 # LIS and this host), not more.
 FUTURE_SKEW_US = 5 * 60 * US_PER_SECOND
 _SKEW_MINUTES = FUTURE_SKEW_US // (60 * US_PER_SECOND)
+# google.protobuf.Timestamp's own range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z:
+# the wire lets any int64 seconds and int32 nanos through, and a time outside it is a
+# broken sender, not a result (seconds of -2**63 would otherwise pass as merely old).
+TIMESTAMP_MIN_SECONDS = -62_135_596_800
+TIMESTAMP_MAX_SECONDS = 253_402_300_799
+TIMESTAMP_MAX_NANOS = 999_999_999
 
 
 class InvalidRequest(ValueError):
@@ -183,20 +189,37 @@ def repeated_line_error(line_ids: Sequence[str]) -> str | None:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def timestamp_error(field: str, seconds: int, nanos: int) -> str | None:
+    """Why a Timestamp is malformed, or ``None``; the range is the type's own."""
+    if not TIMESTAMP_MIN_SECONDS <= seconds <= TIMESTAMP_MAX_SECONDS:
+        return f"{field}: seconds outside 0001-01-01T00:00:00Z..9999-12-31T23:59:59Z"
+    if not 0 <= nanos <= TIMESTAMP_MAX_NANOS:
+        return f"{field}: nanos outside 0..{TIMESTAMP_MAX_NANOS}"
+    return None
+
+
 def result_error(
     result_id: str,
     patient_id: str,
     item_code: str,
     institution_id: str,
-    reported_at_us: int | None,
+    reported_at: tuple[int, int] | None,
     now_us: int,
 ) -> str | None:
-    """Why one PutResults row is refused (``"<field>: <problem>"``), or ``None``."""
+    """Why one PutResults row is refused (``"<field>: <problem>"``), or ``None``.
+
+    ``reported_at`` is the Timestamp's (seconds, nanos) as sent, so a malformed one is
+    named as such rather than by the time it would convert to."""
     error = RESULT.error((result_id, patient_id, item_code, institution_id))
     if error is not None:
         return error
-    if reported_at_us is None:
+    if reported_at is None:
         return "reported_at: required"
+    seconds, nanos = reported_at
+    error = timestamp_error("reported_at", seconds, nanos)
+    if error is not None:
+        return error
+    reported_at_us = seconds * US_PER_SECOND + nanos // 1000
     if reported_at_us > now_us + FUTURE_SKEW_US:
         return f"reported_at: more than {_SKEW_MINUTES} minutes after the server's clock"
     return None

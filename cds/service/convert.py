@@ -10,6 +10,7 @@ for every order that earns them, so they are built once and reused.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -36,6 +37,8 @@ from cds.orders.validation import (
     ORDER,
     ORDER_TIME,
     RESULT,
+    TIMESTAMP_MAX_NANOS,
+    TIMESTAMP_MIN_SECONDS,
     InvalidRequest,
     counts_error,
     diagnoses_error,
@@ -267,37 +270,67 @@ class ResponseBuilder:
         return response
 
 
+class ResultRows(NamedTuple):
+    rows: list[StoredRow]  # every valid row, the expired ones included (see below)
+    errors: list[str]  # the first ``MAX_RESULT_ERRORS``, ``results[i].<field>: ...``
+    rejected: int  # invalid rows, not in ``rows``
+    expired: int  # rows in ``rows`` already past their expiry at ``now_us``
+
+
 def rows_from_results(
     results: Iterable[types_pb2.Result],
     now_us: int,
     retention_us: Callable[[str], int],
-) -> tuple[list[StoredRow], list[str], int]:
-    """Valid rows to store, the first errors (``results[i].<field>: ...``), rejected count.
+) -> ResultRows:
+    """The valid rows to store and the invalid ones counted and explained.
 
     Each row expires when the longest window that can use its code ends, per the
-    active snapshot (``retention_us``).
+    active snapshot (``retention_us``). A row already past that is still handed to the
+    store, which keeps nothing of it but drops a stored row with the same key (an
+    upsert by nothing); it is counted in ``expired`` so the feed is not told it was
+    stored. ``reported_at`` must lie in the Timestamp range with ``nanos`` in
+    [0, 10^9): checked on the seconds and nanos as sent, since the microseconds they
+    convert to cannot tell ``nanos=-1`` from a valid time a microsecond earlier.
     """
     rows: list[StoredRow] = []
     append = rows.append
     errors: list[str] = []
-    rejected = 0
+    rejected = expired = 0
+    earliest = TIMESTAMP_MIN_SECONDS * US_PER_SECOND
     latest = now_us + FUTURE_SKEW_US
+    max_nanos = TIMESTAMP_MAX_NANOS
     retention: dict[str, int] = {}  # per code, for this batch
     index = -1
     result_ok = RESULT.ok
     for r in results:
         index += 1
         strings = (r.result_id, r.patient_id, r.item_code, r.institution_id)
-        reported_at_us = timestamp_us(r.reported_at) if r.HasField("reported_at") else None
-        if reported_at_us is None or reported_at_us > latest or not result_ok(strings):
+        if r.HasField("reported_at"):
+            reported_at = r.reported_at
+            nanos = reported_at.nanos
+            reported_at_us = reported_at.seconds * US_PER_SECOND + nanos // _NS_PER_US
+            # With nanos in range, reported_at_us >= earliest iff seconds is in range;
+            # the top of the range is far past ``latest``.
+            ok = earliest <= reported_at_us <= latest and 0 <= nanos <= max_nanos
+        else:
+            ok = False
+        if not ok or not result_ok(strings):
             rejected += 1
             if len(errors) < MAX_RESULT_ERRORS:
-                errors.append(f"results[{index}].{result_error(*strings, reported_at_us, now_us)}")
+                parts = (
+                    (r.reported_at.seconds, r.reported_at.nanos)
+                    if r.HasField("reported_at")
+                    else None
+                )
+                errors.append(f"results[{index}].{result_error(*strings, parts, now_us)}")
             continue
         result_id, patient_id, item_code, institution_id = strings
         keep_us = retention.get(item_code)
         if keep_us is None:
             keep_us = retention[item_code] = retention_us(item_code)
+        expires_at_us = reported_at_us + keep_us
+        if expires_at_us <= now_us:
+            expired += 1
         append(
             new_tuple(
                 StoredRow,
@@ -307,11 +340,11 @@ def rows_from_results(
                         StoredResult,
                         (result_id, item_code, institution_id, reported_at_us, r.recognition_mark),
                     ),
-                    reported_at_us + keep_us,
+                    expires_at_us,
                 ),
             )
         )
-    return rows, errors, rejected
+    return ResultRows(rows, errors, rejected, expired)
 
 
 def refs_from_withdraw(request: result_feed_pb2.WithdrawResultsRequest) -> list[tuple[str, str]]:

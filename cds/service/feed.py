@@ -2,7 +2,10 @@
 
 A batch is never failed for its bad rows: each valid row is stored, each invalid one is
 counted and explained (``results[i].<field>: ...``, the first 100). Expiry comes from
-the catalogue active at the time of the put. If the store cannot take the batch the
+the catalogue active at the time of the put; a valid row already past it is counted in
+``expired``, not ``accepted`` (it is not kept), and is not an error: the feed has
+nothing to fix or retry, so it gets no ``errors`` line, which would also crowd out the
+rejections that do need fixing from the 100 listed. If the store cannot take the batch the
 feed gets ``UNAVAILABLE`` and retries; nothing is acknowledged that was not stored.
 """
 
@@ -40,6 +43,7 @@ class ResultFeed:
         self._cap_s = deadline_cap_s
         self._ingested = metrics.results_ingested
         self._rejected = metrics.results_rejected
+        self._expired = metrics.results_expired
 
     async def put_results(
         self, request: result_feed_pb2.PutResultsRequest, context: grpc.aio.ServicerContext
@@ -48,21 +52,26 @@ class ResultFeed:
         if error is not None:
             raise invalid_argument(error)
         snapshot = self._state.active.snapshot
-        rows, errors, rejected = rows_from_results(
+        rows, errors, rejected, expired = rows_from_results(
             request.results, time.time_ns() // 1000, snapshot.retention_us
         )
+        accepted = len(rows) - expired
         if rows:
+            # Expired rows go to the store too: each removes a stored row of its key.
             cap = deadline_cap(context, self._cap_s)
             try:
                 async with cap:
                     await self._store.put_many(rows)
             except (ResultsUnavailable, TimeoutError) as e:
                 raise _store_failure(cap) from e
-            self._ingested.inc(len(rows))
+            if accepted:
+                self._ingested.inc(accepted)
+            if expired:
+                self._expired.inc(expired)
         if rejected:
             self._rejected.inc(rejected)
         return result_feed_pb2.PutResultsResponse(
-            accepted=len(rows), rejected=rejected, errors=errors
+            accepted=accepted, rejected=rejected, errors=errors, expired=expired
         )
 
     async def withdraw_results(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cds.v1 import types_pb2 as cds_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x64s/v1/result_feed.proto\x12\x06\x63\x64s.v1\x1a\x12\x63\x64s/v1/types.proto\"4\n\x11PutResultsRequest\x12\x1f\n\x07results\x18\x01 \x03(\x0b\x32\x0e.cds.v1.Result\"H\n\x12PutResultsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x10\n\x08rejected\x18\x02 \x01(\x05\x12\x0e\n\x06\x65rrors\x18\x03 \x03(\t\"<\n\x16WithdrawResultsRequest\x12\"\n\x07results\x18\x01 \x03(\x0b\x32\x11.cds.v1.ResultRef\",\n\x17WithdrawResultsResponse\x12\x11\n\twithdrawn\x18\x01 \x01(\x05\x32\xac\x01\n\x11ResultFeedService\x12\x43\n\nPutResults\x12\x19.cds.v1.PutResultsRequest\x1a\x1a.cds.v1.PutResultsResponse\x12R\n\x0fWithdrawResults\x12\x1e.cds.v1.WithdrawResultsRequest\x1a\x1f.cds.v1.WithdrawResultsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x64s/v1/result_feed.proto\x12\x06\x63\x64s.v1\x1a\x12\x63\x64s/v1/types.proto\"4\n\x11PutResultsRequest\x12\x1f\n\x07results\x18\x01 \x03(\x0b\x32\x0e.cds.v1.Result\"Y\n\x12PutResultsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x10\n\x08rejected\x18\x02 \x01(\x05\x12\x0e\n\x06\x65rrors\x18\x03 \x03(\t\x12\x0f\n\x07\x65xpired\x18\x04 \x01(\x05\"<\n\x16WithdrawResultsRequest\x12\"\n\x07results\x18\x01 \x03(\x0b\x32\x11.cds.v1.ResultRef\",\n\x17WithdrawResultsResponse\x12\x11\n\twithdrawn\x18\x01 \x01(\x05\x32\xac\x01\n\x11ResultFeedService\x12\x43\n\nPutResults\x12\x19.cds.v1.PutResultsRequest\x1a\x1a.cds.v1.PutResultsResponse\x12R\n\x0fWithdrawResults\x12\x1e.cds.v1.WithdrawResultsRequest\x1a\x1f.cds.v1.WithdrawResultsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUTRESULTSREQUEST']._serialized_start=56
   _globals['_PUTRESULTSREQUEST']._serialized_end=108
   _globals['_PUTRESULTSRESPONSE']._serialized_start=110
-  _globals['_PUTRESULTSRESPONSE']._serialized_end=182
-  _globals['_WITHDRAWRESULTSREQUEST']._serialized_start=184
-  _globals['_WITHDRAWRESULTSREQUEST']._serialized_end=244
-  _globals['_WITHDRAWRESULTSRESPONSE']._serialized_start=246
-  _globals['_WITHDRAWRESULTSRESPONSE']._serialized_end=290
-  _globals['_RESULTFEEDSERVICE']._serialized_start=293
-  _globals['_RESULTFEEDSERVICE']._serialized_end=465
+  _globals['_PUTRESULTSRESPONSE']._serialized_end=199
+  _globals['_WITHDRAWRESULTSREQUEST']._serialized_start=201
+  _globals['_WITHDRAWRESULTSREQUEST']._serialized_end=261
+  _globals['_WITHDRAWRESULTSRESPONSE']._serialized_start=263
+  _globals['_WITHDRAWRESULTSRESPONSE']._serialized_end=307
+  _globals['_RESULTFEEDSERVICE']._serialized_start=310
+  _globals['_RESULTFEEDSERVICE']._serialized_end=482
 # @@protoc_insertion_point(module_scope)

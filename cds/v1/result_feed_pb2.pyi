@@ -14,14 +14,16 @@ class PutResultsRequest(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.Result, _Mapping]]] = ...) -> None: ...
 
 class PutResultsResponse(_message.Message):
-    __slots__ = ("accepted", "rejected", "errors")
+    __slots__ = ("accepted", "rejected", "errors", "expired")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     rejected: int
     errors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+    expired: int
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ..., expired: _Optional[int] = ...) -> None: ...
 
 class WithdrawResultsRequest(_message.Message):
     __slots__ = ("results",)
