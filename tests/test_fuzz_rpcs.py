@@ -10,7 +10,7 @@ answers a plain Check. ReloadCatalog takes no path: it rereads the server's own
 ``dry_run``, previews the candidate bytes in the request, which are never activated.
 
 ``make test`` runs the deterministic slice (profile ``cds-ci``: the same 150 examples per
-RPC every run). ``make fuzz`` sets ``CDS_FUZZ_SECONDS`` and runs only
+RPC every run, in four kinds). ``make fuzz`` sets ``CDS_FUZZ_SECONDS`` and runs only
 :func:`test_fuzz_campaign`: rounds of fresh random examples over every RPC until the
 time is up, then the number of calls and the count per status code.
 """
@@ -26,6 +26,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 from cds.service.rpcs import RPCS, Rpc
 from tests.support.fuzz import (
+    CI_EXAMPLES,
     CI_PROFILE,
     FUZZ_PROFILE,
     Campaign,
@@ -52,13 +53,15 @@ def campaign(tmp_path_factory):
         fuzz.assert_log_clean()
 
 
-def _fuzz(campaign: Campaign, rpc: Rpc, profile: str, until: float = float("inf")) -> None:
-    chosen = settings.get_profile(profile)
-    if chosen.database is not None:  # one per RPC: the same test function serves them all
-        chosen = settings(chosen, database=DirectoryBasedExampleDatabase(FUZZ_DB / rpc.method))
+def _fuzz(
+    campaign: Campaign, rpc: Rpc, kind: str, chosen: settings, until: float = float("inf")
+) -> None:
+    if chosen.database is not None:  # one per RPC and kind: one test function serves all
+        where = FUZZ_DB / rpc.method / kind
+        chosen = settings(chosen, database=DirectoryBasedExampleDatabase(where))
 
     @settings(chosen)
-    @given(body=bodies(rpc, campaign.words))
+    @given(body=bodies(rpc, kind, campaign.words))
     def one_body(body: bytes) -> None:
         if time.monotonic() < until:
             campaign.call(rpc, body)
@@ -67,9 +70,11 @@ def _fuzz(campaign: Campaign, rpc: Rpc, profile: str, until: float = float("inf"
 
 
 @pytest.mark.skipif(FUZZ_SECONDS > 0, reason="make fuzz runs the campaign instead")
+@pytest.mark.parametrize("kind", CI_EXAMPLES)
 @pytest.mark.parametrize("rpc", RPCS, ids=lambda r: r.method)
-def test_fuzzed_bodies_get_an_allowed_status_and_the_server_stays_well(campaign, rpc):
-    _fuzz(campaign, rpc, CI_PROFILE)
+def test_fuzzed_bodies_get_an_allowed_status_and_the_server_stays_well(campaign, rpc, kind):
+    profile = settings.get_profile(CI_PROFILE)
+    _fuzz(campaign, rpc, kind, settings(profile, max_examples=CI_EXAMPLES[kind]))
     campaign.assert_still_serving()
 
 
@@ -78,6 +83,7 @@ def test_fuzz_campaign(campaign):
     until = time.monotonic() + FUZZ_SECONDS
     while time.monotonic() < until:
         for rpc in RPCS:
-            _fuzz(campaign, rpc, FUZZ_PROFILE, until)
+            for kind in CI_EXAMPLES:
+                _fuzz(campaign, rpc, kind, settings.get_profile(FUZZ_PROFILE), until)
         campaign.assert_still_serving()
         campaign.assert_log_clean()
