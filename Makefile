@@ -64,9 +64,11 @@ faults: venv proto
 # Every RPC fuzzed (hypothesis: random, mutated and truncated bodies) against one real
 # server for FUZZ_SECONDS, then the calls made and the count per status code. A failure
 # is kept in .hypothesis/fuzz/ and replayed first next time. `make test` runs a fixed slice.
+# FUZZ_STORE=redis: results in a redis-server of its own (needs redis-server on PATH).
 FUZZ_SECONDS ?= 300
+FUZZ_STORE ?= memory
 fuzz: venv proto
-	CDS_FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest -q -s \
+	CDS_FUZZ_SECONDS=$(FUZZ_SECONDS) CDS_FUZZ_STORE=$(FUZZ_STORE) $(BIN)/python -m pytest -q -s \
 		tests/test_fuzz_rpcs.py::test_fuzz_campaign
 
 clean:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 
 import pytest
 from hypothesis import given, settings
@@ -33,18 +34,30 @@ from tests.support.fuzz import (
     bodies,
     decision_words,
 )
+from tests.support.redis_server import RedisServer
 from tests.support.server import REPO_ROOT, running_server
 
 pytestmark = pytest.mark.e2e
 
 FUZZ_SECONDS = float(os.environ.get("CDS_FUZZ_SECONDS") or 0)
+# make fuzz FUZZ_STORE=redis: the server keeps results in a redis-server of its own.
+FUZZ_STORE = os.environ.get("CDS_FUZZ_STORE") or "memory"
 # Where `make fuzz` keeps the failures it found, replayed first on the next run.
 FUZZ_DB = REPO_ROOT / ".hypothesis" / "fuzz"
 
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("fuzz")) as server:
+    workdir = tmp_path_factory.mktemp("fuzz")
+    with ExitStack() as stack:
+        extra: tuple[str, ...] = ()
+        if FUZZ_STORE == "redis":
+            (workdir / "redis").mkdir()
+            redis = RedisServer(workdir / "redis")
+            redis.start()
+            stack.callback(redis.stop)
+            extra = ("--results", redis.url)
+        server = stack.enter_context(running_server(workdir / "server", extra_args=extra))
         fuzz = Campaign.start(server)
         fuzz.words = decision_words(server)
         yield fuzz
