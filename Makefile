@@ -6,7 +6,7 @@ LISTEN ?= 127.0.0.1:50051
 METRICS_LISTEN ?= 127.0.0.1:9464
 CATALOG ?= catalog/catalog.json
 
-.PHONY: venv proto proto-check run test lint bench soak faults clean
+.PHONY: venv proto proto-check run test lint bench soak faults fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,16 @@ soak: venv proto
 FAULTS_ARGS ?=
 faults: venv proto
 	$(BIN)/python -m benchmarks.faults $(FAULTS_ARGS)
+
+# Every RPC fuzzed (hypothesis: random, mutated and truncated bodies) against one real
+# server for FUZZ_SECONDS, then the calls made and the count per status code. A failure
+# is kept in .hypothesis/fuzz/ and replayed first next time. `make test` runs a fixed slice.
+# FUZZ_STORE=redis: results in a redis-server of its own (needs redis-server on PATH).
+FUZZ_SECONDS ?= 300
+FUZZ_STORE ?= memory
+fuzz: venv proto
+	CDS_FUZZ_SECONDS=$(FUZZ_SECONDS) CDS_FUZZ_STORE=$(FUZZ_STORE) $(BIN)/python -m pytest -q -s \
+		tests/test_fuzz_rpcs.py::test_fuzz_campaign
 
 clean:
 	rm -rf $(VENV) .pytest_cache
