@@ -115,6 +115,17 @@ def _shortened(record: dict[str, Any]) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
+_FEEDBACK_TYPE = b'"type":"feedback"'
+
+
+def _is_feedback(line: bytes) -> bool:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:  # a line torn by a crash: not an acknowledged record
+        return False
+    return isinstance(record, dict) and record.get("type") == "feedback"
+
+
 def _rfc3339(at_us: int) -> str:
     # Whole seconds and microseconds from the int: exact, no float rounding.
     seconds, us = divmod(at_us, US_PER_SECOND)
@@ -506,6 +517,22 @@ class DecisionLog:
             self._size += 1
         self._fsync_dir()  # the file's directory entry must survive a power cut too
 
+    def _archive_feedback(self, doomed: Path) -> None:
+        try:
+            with open(doomed, "rb") as f:
+                kept = [line for line in f if _FEEDBACK_TYPE in line and _is_feedback(line)]
+        except FileNotFoundError:
+            return
+        if not kept:
+            return
+        fd = os.open(self.feedback_archive, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, b"".join(line if line.endswith(b"\n") else line + b"\n" for line in kept))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._fsync_dir()
+
     def _fsync_dir(self) -> None:
         dfd = os.open(self.path.parent, os.O_RDONLY)
         try:
@@ -534,9 +561,25 @@ class DecisionLog:
         self._file.write(line)
         self._size += len(line)
 
+    @property
+    def feedback_archive(self) -> Path:
+        """Where the feedback of a rotated-away file is kept: ``decisions.feedback.jsonl``
+        beside ``decisions.jsonl``."""
+        return self.path.with_name(f"{self.path.stem}.feedback{self.path.suffix}")
+
     def _rotate(self) -> None:
-        """``path`` → ``path.1`` → … → ``path.N``; the oldest beyond ``backups`` goes."""
+        """``path`` → ``path.1`` → … → ``path.N``; the oldest beyond ``backups`` goes,
+        but not its feedback records: those are appended to :attr:`feedback_archive`
+        first. A clinician was told each was recorded, and supervision counts them;
+        size rotation must not make that untrue. The archive grows by one line per
+        feedback (a few MB a day for a large hospital) and is never rotated here."""
         self._close_file()  # fsynced: nothing acknowledged is lost in the rename
+        oldest = (
+            self.path
+            if self._backups == 0
+            else self.path.with_name(f"{self.path.name}.{self._backups}")
+        )
+        self._archive_feedback(oldest)
         if self._backups == 0:
             self.path.unlink(missing_ok=True)
         else:
