@@ -38,6 +38,18 @@ def test_order_time_keeps_microseconds():
     assert order.order_time_us == NOW_US - 654_321
 
 
+def test_an_order_time_with_nanos_out_of_range_is_refused_not_shifted():
+    import pytest
+
+    from cds.orders.validation import InvalidRequest
+
+    for nanos in (-1, 1_000_000_000):
+        request = check_request(order_time_us=NOW_US)
+        request.order_time.nanos = nanos
+        with pytest.raises(InvalidRequest, match=r"^order_time: nanos outside 0\.\.999999999$"):
+            checked_order(request, NOW_US)
+
+
 def test_timestamps_round_trip_before_and_after_the_epoch():
     for us in (0, 1, 1_700_000_000_654_321, -1, -1_500_000):
         assert timestamp_us(us_timestamp(us)) == us

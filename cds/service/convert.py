@@ -101,7 +101,10 @@ def checked_order(request: order_check_pb2.CheckRequest, now_us: int) -> Order:
     if diagnosis_codes and max(map(len, diagnosis_codes)) > DIAGNOSIS.max_chars:
         raise InvalidRequest(diagnoses_error(diagnosis_codes))
     if request.HasField("order_time"):
-        order_time_us = timestamp_us(request.order_time)
+        ts = request.order_time
+        if not 0 <= ts.nanos <= TIMESTAMP_MAX_NANOS:  # would shift the time, not refuse it
+            raise InvalidRequest(f"order_time: nanos outside 0..{TIMESTAMP_MAX_NANOS}")
+        order_time_us = timestamp_us(ts)
         if not _MOST_AHEAD_US <= now_us - order_time_us <= _MOST_BEHIND_US:
             raise InvalidRequest(ORDER_TIME.error(order_time_us, now_us))
     else:
