@@ -87,7 +87,7 @@ def measure_replay(
     async def run() -> tuple[float, Any]:
         for batch in population.batches:
             request = result_feed_pb2.PutResultsRequest.FromString(batch)
-            rows, _, _ = rows_from_results(request.results, now_us, active.retention_us)
+            rows = rows_from_results(request.results, now_us, active.retention_us).rows
             await store.put_many(rows)
         records = recent.records()
         # As the server does once started: the benchmark's own workload objects are

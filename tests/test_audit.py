@@ -397,7 +397,9 @@ def test_feedback_is_not_acknowledged_when_the_disk_refuses_it(keyfile: Path) ->
     asyncio.run(run())
 
 
-def test_rotation_by_size_keeps_exactly_backups_old_files(tmp_path: Path, keyfile: Path) -> None:
+def test_rotation_by_size_keeps_exactly_backups_old_files_and_archives_their_feedback(
+    tmp_path: Path, keyfile: Path
+) -> None:
     path = tmp_path / "audit.jsonl"
     log = DecisionLog(path, Pseudonymizer.from_file(keyfile), max_bytes=1500, backups=2)
 
@@ -409,14 +411,17 @@ def test_rotation_by_size_keeps_exactly_backups_old_files(tmp_path: Path, keyfil
 
     asyncio.run(run())
     names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("audit"))
-    assert names == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
+    assert names == ["audit.feedback.jsonl", "audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
     kept: list[str] = []
-    for name in reversed(names):  # oldest first
+    for name in reversed(names[1:]):  # oldest first
         assert (tmp_path / name).stat().st_size <= 1500
         kept += [r["decision_id"] for r in read_records(tmp_path / name)]
     # Contiguous and ending with the newest: rotation lost nothing inside what it keeps.
     assert kept == [f"d-{i:02d}" for i in range(40 - len(kept), 40)]
     assert len(kept) < 40
+    # What rotation deleted was all feedback, and every one of it is in the archive.
+    archived = [r["decision_id"] for r in read_records(tmp_path / "audit.feedback.jsonl")]
+    assert archived + kept == [f"d-{i:02d}" for i in range(40)]
 
 
 CHILD = textwrap.dedent(
