@@ -137,7 +137,15 @@ def test_quick_run_measures_every_server_in_both_layouts(quick_run):
             assert lay["half"][server]
         assert lay["warn_open"] and lay["warn_open"][0]["count"] > 0
         if shutil.which("h2load"):
-            assert lay["h2load_median"]["service"]["all_warn"] > 0
+            # Every round measures; a round other processes disturbed is left out of
+            # the median, so on a busy machine the median may be None, and then only
+            # because no round was clean (timings are never judged here).
+            warn_rounds = [row["service"] for row in lay["h2load_rounds"]]
+            assert all(h["rps"]["all_warn"] > 0 for h in warn_rounds)
+            clean = [h for h in warn_rounds if h.get("valid", {}).get("all_warn", True)]
+            median_warn = lay["h2load_median"]["service"]["all_warn"]
+            assert (median_warn is None) == (not clean)
+            assert median_warn is None or median_warn > 0
             assert lay["saturation_rps"]["bare"] > 0
             assert "all_warn" in lay["ratios_vs_bare"]["service"]
             for row in lay["h2load_rounds"]:
