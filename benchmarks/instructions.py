@@ -14,7 +14,13 @@ a prior result inside its repeat interval sent out to an unapproved lab, an emer
 * ``engine``: ``Engine.evaluate(order, results)`` alone;
 * ``check``: the gRPC handler ``OrderCheck.check`` from the ``CheckRequest`` proto to the
   ``CheckResponse`` proto (validation, the in-process store read, the engine, memory,
-  metrics, the recent-orders buffer where the tree has one), without the network.
+  metrics, the recent-orders buffer where the tree has one), without the network;
+* ``record``: the decision log's writer turning one decided order into its JSON line
+  (``DecisionLog._decision_line``: pseudonyms, reasons, prior results), which runs on
+  a thread sharing the interpreter with the event loop. The decisions the log keeps
+  of those five orders are each given a new patient id every call and a clinician
+  drawn in turn from ``--clinicians`` ids, as a hospital's day has (a clinician
+  orders all day; a patient a few times).
 
 ``python -m benchmarks.instructions [--tree DIR ...] [--calls N]`` prints one JSON line.
 """
@@ -34,7 +40,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = ROOT / "catalog" / "catalog.json"
-TARGETS = ("engine", "check")
+TARGETS = ("engine", "check", "record")
 WARMUP = 500
 _TOTAL = re.compile(r"Collected\s*:\s*(\d+)")
 
@@ -91,8 +97,11 @@ def _requests(cat: dict[str, Any], now_us: int) -> tuple[list[Any], list[Any]]:
     return mix, rows
 
 
-def _inner(target: str, calls: int, catalog: Path) -> None:
-    """The measured process: set up, warm up, then ``calls`` calls."""
+def _inner(
+    target: str, calls: int, catalog: Path, clinicians: int = 200, prepared: int = 0
+) -> None:
+    """The measured process: set up, warm up, then ``calls`` calls. ``prepared`` is how
+    many calls the set-up provides for, the same in both runs of a difference."""
     import gc
 
     from cds.catalog.load import load_catalog
@@ -120,6 +129,38 @@ def _inner(target: str, calls: int, catalog: Path) -> None:
         def once(i: int) -> None:
             order, res = cases[i % 5]
             engine.evaluate(order, res)
+
+    elif target == "record":
+        import tempfile
+
+        from cds.decisions.log import DecisionLog
+        from cds.security.pseudonyms import Pseudonymizer
+
+        class Capture(NoRecorder):
+            def __init__(self) -> None:
+                self.entries: list[Any] = []
+
+            def decision(self, entry: Any) -> None:
+                self.entries.append(entry)
+
+        capture = Capture()
+        checker = OrderChecker(state, store, DecisionMemory(), Metrics(), capture)
+        handler = OrderCheck(checker, FeedbackDesk(DecisionMemory(), Metrics(), capture))
+        for req in mix:
+            _run(handler.check(req, None))  # type: ignore[arg-type]
+        decided = capture.entries  # the orders supervision reads (an all-ALLOW is not)
+        entries = [
+            e._replace(
+                order=e.order._replace(patient_id=f"P{i:09d}", clinician_id=f"C{i % clinicians}")
+            )
+            for i in range(WARMUP + max(calls, prepared))
+            for e in (decided[i % len(decided)],)
+        ]
+        # Never started: only the formatting is measured, not the file's writes.
+        writer = DecisionLog(Path(tempfile.mkdtemp()) / "d.jsonl", Pseudonymizer.ephemeral())
+
+        def once(i: int) -> None:
+            writer._decision_line(entries[i])
 
     else:
         metrics = Metrics()
@@ -156,7 +197,9 @@ def _run(coro: Any) -> Any:
     raise RuntimeError("the call suspended: not an in-process run")
 
 
-def _count(tree: Path, target: str, calls: int, catalog: Path) -> int:
+def _count(
+    tree: Path, target: str, calls: int, catalog: Path, clinicians: int, prepared: int
+) -> int:
     env = dict(os.environ, PYTHONPATH=str(tree), PYTHONHASHSEED="0")
     command = [
         "valgrind",
@@ -170,6 +213,10 @@ def _count(tree: Path, target: str, calls: int, catalog: Path) -> int:
         str(calls),
         "--catalog",
         str(catalog),
+        "--clinicians",
+        str(clinicians),
+        "--prepared",
+        str(prepared),
     ]
     done = subprocess.run(command, env=env, cwd=tree, capture_output=True, text=True)
     match = _TOTAL.search(done.stderr)
@@ -183,18 +230,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tree", action="append", type=Path, help="source tree (default: this one)")
     p.add_argument("--calls", type=int, default=5000)
     p.add_argument("--catalog", type=Path, default=CATALOG)
+    p.add_argument("--clinicians", type=int, default=200, help="record: clinician ids in turn")
     p.add_argument("--target", action="append", choices=TARGETS)
     p.add_argument("--inner", choices=TARGETS, help=argparse.SUPPRESS)
+    p.add_argument("--prepared", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.inner:
-        _inner(args.inner, args.calls, args.catalog)
+        _inner(args.inner, args.calls, args.catalog, args.clinicians, args.prepared)
         return 0
-    out: dict[str, Any] = {"calls": args.calls, "instructions_per_call": {}}
+    out: dict[str, Any] = {
+        "calls": args.calls,
+        "clinicians": args.clinicians,
+        "instructions_per_call": {},
+    }
     for tree in args.tree or [ROOT]:
         figures = {}
         for target in args.target or TARGETS:
-            base = _count(tree, target, 0, args.catalog)
-            full = _count(tree, target, args.calls, args.catalog)
+            n = args.calls
+            base = _count(tree, target, 0, args.catalog, args.clinicians, n)
+            full = _count(tree, target, n, args.catalog, args.clinicians, n)
             figures[target] = round((full - base) / args.calls)
         out["instructions_per_call"][str(tree)] = figures
     print(json.dumps(out))
