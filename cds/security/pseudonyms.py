@@ -36,6 +36,10 @@ _PATIENT = b"patient\x00"
 _CLINICIAN = b"clinician\x00"
 
 
+# Ids whose pseudonym under the active key is remembered (a few hundred KB at most).
+PSEUDONYM_MEMO_MAX = 8192
+
+
 class PseudonymKeyError(ValueError):
     """The pseudonym key file is missing, unreadable or malformed (message says which)."""
 
@@ -61,7 +65,7 @@ class Pseudonymizer:
     patient's older records (``pseudonyms_of``).
     """
 
-    __slots__ = ("_active", "_keys", "key_id")
+    __slots__ = ("_active", "_keys", "_memo", "key_id")
 
     def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
         if not keys:
@@ -81,6 +85,12 @@ class Pseudonymizer:
         self._keys = {key_id: hmac.new(key, digestmod=hashlib.sha256) for key_id, key in keys}
         self.key_id: str = keys[-1][0]
         self._active = self._keys[self.key_id]
+        # (namespace, raw id) -> pseudonym under the active key. The decision log's
+        # writer hashes two ids a record, on a thread that shares the interpreter with
+        # the event loop; clinicians (and a patient's repeated orders) recur all day, so
+        # most of those HMACs are repeats. Bounded; a new key is a new Pseudonymizer,
+        # so rotation starts it empty. Memory only, like the ids it is computed from.
+        self._memo: dict[tuple[bytes, str], str] = {}
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Pseudonymizer:
@@ -148,11 +158,21 @@ class Pseudonymizer:
         h.update(raw.encode("utf-8"))
         return h.hexdigest()[:PSEUDONYM_HEX_CHARS]
 
+    def _active_hash(self, namespace: bytes, raw: str) -> str:
+        memo = self._memo
+        key = (namespace, raw)
+        found = memo.get(key)
+        if found is None:
+            if len(memo) >= PSEUDONYM_MEMO_MAX:
+                memo.clear()
+            found = memo[key] = self._hash(self._active, namespace, raw)
+        return found
+
     def patient(self, patient_id: str) -> str:
-        return self._hash(self._active, _PATIENT, patient_id)
+        return self._active_hash(_PATIENT, patient_id)
 
     def clinician(self, clinician_id: str) -> str:
-        return self._hash(self._active, _CLINICIAN, clinician_id)
+        return self._active_hash(_CLINICIAN, clinician_id)
 
     def pseudonyms_of(self, *, patient_id: str = "", clinician_id: str = "") -> dict[str, str]:
         """``{key_id: pseudonym}`` under every key: how to find one person's records."""
