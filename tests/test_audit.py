@@ -477,3 +477,25 @@ def test_remembered_pseudonyms_are_the_keyed_hashes_and_the_memo_stays_bounded()
     for i in range(pseudonyms.PSEUDONYM_MEMO_MAX + 10):
         assert fresh.patient(f"P{i}") == fresh.pseudonyms_of(patient_id=f"P{i}")[p.key_id]
     assert len(fresh._memo) <= pseudonyms.PSEUDONYM_MEMO_MAX
+
+
+def test_record_timestamps_are_utc_to_the_microsecond_in_any_order_and_any_year() -> None:
+    import datetime as dt
+    import random
+
+    from cds.decisions.log import _rfc3339
+
+    def reference(us: int) -> str:
+        seconds, rest = divmod(us, 1_000_000)
+        at = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
+        return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{rest:06d}Z"
+
+    rng = random.Random(7)
+    edges = [0, 1, 59_999_999, 60_000_000, -1, -60_000_001, 1_700_000_000_123_456]
+    edges += [-62_135_596_800_000_000, 253_402_300_799_999_999]  # years 1 and 9999
+    minute_runs = [1_780_000_000_000_000 + i * 7_300_000 for i in range(40)]  # in order
+    scattered = [
+        rng.randrange(-62_135_596_800_000_000, 253_402_300_800_000_000) for _ in range(500)
+    ]
+    for us in edges + minute_runs + scattered + minute_runs[::-1]:
+        assert _rfc3339(us) == reference(us), us
