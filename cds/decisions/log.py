@@ -38,6 +38,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -126,26 +127,22 @@ def _is_feedback(line: bytes) -> bool:
     return isinstance(record, dict) and record.get("type") == "feedback"
 
 
-# The last minute formatted, as (minute since the epoch, "YYYY-MM-DDTHH:MM:"): records
-# arrive in time order, so the writer thread formats a new minute about once a minute.
-# One tuple, replaced whole: a reader on another thread sees an old or a new pair.
-_minute: tuple[int, str] = (0, "1970-01-01T00:00:")
+@lru_cache(maxsize=4)
+def _minute_prefix(minute: int) -> str:
+    """``YYYY-MM-DDTHH:MM:`` of a minute since the epoch. Records arrive in time
+    order, so a new minute is formatted about once a minute."""
+    return _dt.datetime.fromtimestamp(minute * 60, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:")
 
 
 def _rfc3339(at_us: int) -> str:
     """UTC, microseconds, ``Z``. ``datetime.strftime`` (a time tuple, the format
     rewritten, libc's strftime) was a fifth of what formatting a decision record cost
     the writer, which shares the interpreter with the event loop: only a new minute
-    goes through it now, the seconds are formatted here."""
+    goes through it, the seconds are formatted here."""
     # Whole seconds and microseconds from the int: exact, no float rounding.
     seconds, us = divmod(at_us, US_PER_SECOND)
     minute, second = divmod(seconds, 60)
-    global _minute
-    cached_minute, prefix = _minute
-    if minute != cached_minute:
-        prefix = _dt.datetime.fromtimestamp(minute * 60, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:")
-        _minute = (minute, prefix)
-    return f"{prefix}{second:02d}.{us:06d}Z"
+    return f"{_minute_prefix(minute)}{second:02d}.{us:06d}Z"
 
 
 _GENE_TEST = ItemCategory.GENE_TEST
