@@ -469,13 +469,13 @@ def test_acknowledged_feedback_survives_kill_9(tmp_path: Path, keyfile: Path) ->
 def test_remembered_pseudonyms_are_the_keyed_hashes_and_the_memo_stays_bounded() -> None:
     from cds.security import pseudonyms
 
-    p = Pseudonymizer.ephemeral()
-    fresh = Pseudonymizer([(p.key_id, bytes(32))])
-    same_key = Pseudonymizer([(p.key_id, bytes(32))])
+    fresh = Pseudonymizer([("2026-01", bytes(32))])
+    same_key = Pseudonymizer([("2026-01", bytes(32))])
     assert fresh.patient("P1") == fresh.patient("P1") == same_key.patient("P1")
     assert fresh.clinician("P1") != fresh.patient("P1")  # namespaces stay apart
     for i in range(pseudonyms.PSEUDONYM_MEMO_MAX + 10):
-        assert fresh.patient(f"P{i}") == fresh.pseudonyms_of(patient_id=f"P{i}")[p.key_id]
+        # pseudonyms_of hashes afresh under every key: the memo must agree with it
+        assert fresh.patient(f"P{i}") == fresh.pseudonyms_of(patient_id=f"P{i}")["2026-01"]
     assert len(fresh._memo) <= pseudonyms.PSEUDONYM_MEMO_MAX
 
 
