@@ -243,9 +243,8 @@ class MemoryResultStore:
         """
         if len(self._codes) >= _MAX_CODES:
             return self._decode(record, n)  # codes may be inline, not indexed: all rows
-        index = self._code_index
-        wanted = {index.get(code, -1) for code in codes}
-        wanted.discard(-1)  # a code never written to any record
+        wanted: set[int | None] = set(map(self._code_index.get, codes))
+        wanted.discard(None)  # a code never written to any record
         if not wanted:
             return EMPTY_RESULTS
         end = _HEAD_SIZE + n * _ROW_SIZE
