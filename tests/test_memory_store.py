@@ -278,3 +278,67 @@ def test_the_row_count_stays_exact_while_items_are_trimmed_and_patients_evicted(
             assert store.cached_count() == held <= 60
 
     asyncio.run(scenario())
+
+
+def test_a_read_of_codes_the_patient_has_no_rows_of_still_counts_as_a_use() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=5, clock=clock)
+        await store.put_many(rows_for("p1", 2, clock))
+        await store.put_many(rows_for("p2", 2, clock))
+        assert dict(await store.get_patient("p1", ["NOT-CACHED"])) == {}  # a use of p1
+        await store.put_many(rows_for("p3", 2, clock))  # 6 > 5: the older use goes
+        assert dict(await store.get_patient("p2")) == {}
+        assert len((await store.get_patient("p1"))["K"]) == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_read_of_some_codes_prunes_expired_rows_of_every_code() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=10, clock=clock)
+        now = clock.now_us
+        await store.put_many(
+            [
+                row("p", "short", "K", reported_at_us=now, expires_at_us=now + US_PER_SECOND),
+                row("p", "long", "NA", reported_at_us=now, expires_at_us=now + US_PER_DAY),
+            ]
+        )
+        clock.advance(2)
+        assert dict(await store.get_patient("p", ["NA"])) == {
+            "NA": ((await store.get_patient("p"))["NA"][0],)
+        }
+        assert store._rows == 1  # the K row went with the read, as a whole read drops it
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("max_codes", [3, memory._MAX_CODES])
+def test_reads_of_random_codes_match_the_whole_read_with_and_without_inline_codes(
+    monkeypatch: pytest.MonkeyPatch, max_codes: int
+) -> None:
+    monkeypatch.setattr(memory, "_MAX_CODES", max_codes)  # 3: later codes stored inline
+
+    async def scenario() -> None:
+        rng = random.Random(12)
+        clock = FakeClock()
+        store = MemoryResultStore(max_results=10_000, clock=clock, max_results_per_item=4)
+        later = clock.now_us + US_PER_DAY
+        codes = ["K", "NA", "血钾", "GLU", "CA", "MG"]
+        for n in range(300):
+            patient = f"p{rng.randrange(20)}"
+            result_id = rng.choice(["r", "結果-", "é"]) + str(rng.randrange(60))
+            await store.put_many(
+                [row(patient, result_id, rng.choice(codes), reported_at_us=rng.randrange(50),
+                     expires_at_us=later, institution_id=rng.choice(["H1", "医院"]))]
+            )  # fmt: skip
+            if n % 3 == 0:
+                await store.withdraw_many([(patient, rng.choice(["r", "é"]) + "1")])
+            asked = rng.sample([*codes, "NONE"], rng.randrange(4))
+            whole = await store.get_patient(patient)
+            some = await store.get_patient(patient, asked)
+            for code in asked:
+                assert some.get(code) == whole.get(code)
+
+    asyncio.run(scenario())

@@ -357,3 +357,48 @@ def test_the_count_drops_the_results_the_bound_trimmed(redis_server):
         await eventually(count_is_three)
 
     run(redis_server, scenario, max_results_per_item=3, chunk_rows=1_000, count_refresh_s=0.02)
+
+
+def test_a_read_of_some_codes_fills_the_near_cache_with_every_code(redis_server):
+    """The near-cache serves the patient's next checks, which order other codes."""
+
+    async def scenario(raw: Redis, clock: FakeClock, store: RedisResultStore) -> None:
+        later = clock.now_us + US_PER_DAY
+        await store.put_many(
+            [
+                row("p", "k1", "K", reported_at_us=1, expires_at_us=later),
+                row("p", "na1", "NA", reported_at_us=2, expires_at_us=later),
+            ]
+        )
+        assert ids(await store.get_patient("p", ["K"])).get("K") == ["k1"]
+        await raw.delete("cds:r:{p}")  # behind the store's back: only its near-cache has p
+        assert ids(await store.get_patient("p", ["NA"])) == {"K": ["k1"], "NA": ["na1"]}
+
+    run(redis_server, scenario)
+
+
+def test_without_the_near_cache_a_read_of_some_codes_builds_only_those_within_the_bound(
+    redis_server,
+):
+    async def main() -> None:
+        clock = FakeClock()
+        now, later = clock.now_us, clock.now_us + US_PER_DAY
+        store = RedisResultStore(redis_server.url, clock=clock, near_cache_size=0,
+                                 max_results_per_item=3)  # fmt: skip
+        raw = Redis.from_url(redis_server.url)
+        try:
+            fields: dict[str, bytes] = {
+                f"k{n}": _pack(StoredResult(f"k{n}", "K", "H1", 100 - n, True), later)
+                for n in range(5)
+            }
+            fields["na"] = _pack(StoredResult("na", "NA", "H1", 1, True), later)
+            fields["gone"] = _pack(StoredResult("gone", "GLU", "H1", 1, True), now - 1)
+            await raw.hset("cds:r:{p}", mapping=fields)  # type: ignore[arg-type]
+            got = ids(await store.get_patient("p", ["K", "NONE"]))
+            assert got == {"K": ["k0", "k1", "k2"]}
+            assert "p" in store._to_prune  # an expired row of a code not asked for counts
+        finally:
+            await store.close()
+            await raw.aclose()
+
+    asyncio.run(main())

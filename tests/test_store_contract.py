@@ -418,3 +418,51 @@ def test_random_puts_upserts_and_withdrawals_keep_exactly_the_newest_per_item(
         await settled_count(store, sum(len(results) for results in model.values()))
 
     harness.run(scenario)
+
+
+def test_a_read_of_the_ordered_codes_gives_those_codes_results_as_a_whole_read_does(
+    harness: Harness,
+) -> None:
+    """A check asks only for its ordered codes; for each of them it must see exactly what
+    a read of every code shows (rows before and after it of other codes, non-ASCII ids,
+    an asked code with no row, one asked twice)."""
+
+    async def scenario(store: ResultStore, clock: FakeClock) -> None:
+        now, later = clock.now_us, clock.now_us + US_PER_DAY
+        await store.put_many(
+            [
+                row("p", "甲-1", "NA", reported_at_us=now - 50, expires_at_us=later),
+                row("p", "k-old", "K", reported_at_us=now - 300, expires_at_us=later),
+                row("p", "é-glu", "GLU", reported_at_us=now - 10, expires_at_us=later,
+                    institution_id="福建省立医院", mark=False),
+                row("p", "k-new", "K", reported_at_us=now - 100, expires_at_us=later),
+                row("q", "q-ca", "CA", reported_at_us=now - 100, expires_at_us=later),
+            ]
+        )  # fmt: skip
+        whole = await store.get_patient("p")
+        for codes in (["K"], ["GLU"], ["CA", "K", "K"], ["NONE"], [], ["NA", "GLU", "K"]):
+            some = await store.get_patient("p", codes)
+            for code in codes:
+                assert some.get(code) == whole.get(code), (codes, code)
+        assert ids(await store.get_patient("p", ["K"])).get("K") == ["k-new", "k-old"]
+        assert (await store.get_patient("p", ["CA"])).get("CA") is None  # q's, not p's
+        assert dict(await store.get_patient("nobody", ["K"])) == {}
+
+    harness.run(scenario)
+
+
+def test_a_read_of_some_codes_never_shows_an_expired_row_of_them(harness: Harness) -> None:
+    async def scenario(store: ResultStore, clock: FakeClock) -> None:
+        now = clock.now_us
+        await store.put_many(
+            [
+                row("p", "short", "K", reported_at_us=now, expires_at_us=now + 10 * US_PER_SECOND),
+                row("p", "long", "NA", reported_at_us=now, expires_at_us=now + US_PER_DAY),
+            ]
+        )
+        clock.advance(11)
+        assert (await store.get_patient("p", ["K"])).get("K") is None
+        assert ids(await store.get_patient("p", ["NA"])).get("NA") == ["long"]
+        assert ids(await store.get_patient("p")) == {"NA": ["long"]}
+
+    harness.run(scenario)

@@ -20,6 +20,7 @@ the writer counts the folded lines.
 from __future__ import annotations
 
 import logging
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from cds.decisions.log import GENE_FLAG, CountsEntry, CountsTree, DecisionEntry
@@ -37,6 +38,7 @@ _DEGRADED_RESULTS = (RESULTS_UNAVAILABLE,)
 _NOT_DEGRADED: tuple[str, ...] = ()
 _ALLOW = Decision.ALLOW
 _REMINDED = str(ReasonCode.RECOGNIZABLE_RESULT_EXISTS)
+_item_code = attrgetter("item_code")  # of an OrderItem, without a Python frame per line
 # Distinct count keys one interval keeps (a busy hospital has a few hundred a minute).
 DEFAULT_MAX_COUNT_KEYS = 10_000
 
@@ -112,7 +114,10 @@ class OrderChecker:
         # No per-call asyncio.timeout here: the in-process store never suspends, and a
         # store that can stall (Redis) bounds its own calls and raises one of these.
         try:
-            results = await self._store.get_patient(order.patient_id)
+            # The ordered codes: the rules read no other (duplicates, recognition and
+            # gene tests each look at the line's own code), so the store decodes no other.
+            codes = [*map(_item_code, order.items)]
+            results = await self._store.get_patient(order.patient_id, codes)
             degraded = _NOT_DEGRADED
         except (ResultsUnavailable, TimeoutError):
             results = EMPTY_RESULTS

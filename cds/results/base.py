@@ -8,7 +8,7 @@ checks every window itself; expiry is about memory, not about correctness.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from cds.domain import StoredResult
@@ -30,8 +30,18 @@ class ResultsUnavailable(Exception):
 
 
 class ResultStore(Protocol):
-    async def get_patient(self, patient_id: str) -> PatientResults:
-        """The patient's live results by item code; an unknown patient gives an empty map."""
+    async def get_patient(
+        self, patient_id: str, codes: Collection[str] | None = None
+    ) -> PatientResults:
+        """The patient's live results by item code; an unknown patient gives an empty map.
+
+        ``codes``: the item codes the caller will look up (a check: its ordered codes),
+        so a store need not decode rows of any other; the map then holds at least those
+        codes' results (a store may return more). A read is a use of the patient (the
+        LRU order) whatever ``codes`` is, and expiry applies to every row alike.
+        None: every code (the catalogue-impact replay, which judges several orders of
+        one patient on one read).
+        """
         ...
 
     async def put_many(self, rows: Sequence[StoredRow]) -> None:

@@ -19,7 +19,9 @@ Why this shape:
   code. The table is capped (``_MAX_CODES``); beyond it a code is stored in the record
   itself, so a feed of endless distinct codes costs memory per row, never a failure.
 * Reads decode the patient's record into ``item_code -> [StoredResult, ...]`` (newest
-  ``reported_at`` first): a few rows, about a microsecond per check.
+  ``reported_at`` first). A check asks for its ordered codes only, and most of them have
+  no cached row: rows are matched on their packed code index, and the text decoded and
+  a tuple built only for the rows of those codes (``_decode_codes``).
 * The bound is in results, not patients: an ``OrderedDict`` in least-recently-used
   order (a read or write is a use) plus a running row count; the least recently used
   patients go first.
@@ -55,7 +57,7 @@ from __future__ import annotations
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 from cds.config import DEFAULT_MAX_RESULTS_PER_ITEM
 from cds.domain import US_PER_SECOND, StoredResult, new_tuple
@@ -233,6 +235,48 @@ class MemoryResultStore:
                     out[item_code] = tuple(sorted(group, key=_result_newest, reverse=True))
         return out
 
+    def _decode_codes(self, record: bytes, n: int, codes: Collection[str]) -> PatientResults:
+        """The check's view of ``codes`` alone: their rows by item code, newest first.
+
+        Most ordered codes have no cached row, so rows are matched on their packed code
+        index first: the text is decoded, and a ``StoredResult`` built, only for a hit.
+        """
+        if len(self._codes) >= _MAX_CODES:
+            return self._decode(record, n)  # codes may be inline, not indexed: all rows
+        wanted: set[int | None] = set(map(self._code_index.get, codes))
+        wanted.discard(None)  # a code never written to any record
+        if not wanted:
+            return EMPTY_RESULTS
+        end = _HEAD_SIZE + n * _ROW_SIZE
+        code_of = self._codes
+        out: dict[str, tuple[StoredResult, ...]] = {}
+        several = False
+        text = ""
+        pos = 0
+        # No inline codes (the table never filled), so the text is the result ids alone.
+        for reported, _expires, ci, ii, mark, n_id in _ROW.iter_unpack(
+            memoryview(record)[_HEAD_SIZE:end]
+        ):
+            if ci in wanted:
+                if not text:
+                    text = record[end:].decode()
+                item_code = code_of[ci]
+                result = new_tuple(
+                    StoredResult, (text[pos : pos + n_id], item_code, code_of[ii], reported, mark)
+                )
+                group = out.get(item_code)
+                if group is None:
+                    out[item_code] = (result,)
+                else:
+                    out[item_code] = (*group, result)
+                    several = True
+            pos += n_id
+        if several:
+            for item_code, group in out.items():
+                if len(group) > 1:
+                    out[item_code] = tuple(sorted(group, key=_result_newest, reverse=True))
+        return out or EMPTY_RESULTS
+
     # -- time, expiry and the bound ----------------------------------------------------
 
     def _tick(self) -> int:
@@ -390,7 +434,9 @@ class MemoryResultStore:
 
     # -- the ResultStore interface -----------------------------------------------------
 
-    async def get_patient(self, patient_id: str) -> PatientResults:
+    async def get_patient(
+        self, patient_id: str, codes: Collection[str] | None = None
+    ) -> PatientResults:
         now = self._tick()
         patients = self._patients
         record = patients.get(patient_id)
@@ -405,7 +451,9 @@ class MemoryResultStore:
             n = _unpack_head(record)[2]
         else:
             patients.move_to_end(patient_id)
-        return self._decode(record, n)
+        if codes is None:
+            return self._decode(record, n)
+        return self._decode_codes(record, n, codes)
 
     async def put_many(self, rows: Sequence[StoredRow]) -> None:
         now = self._tick()

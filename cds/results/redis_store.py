@@ -75,7 +75,9 @@ write per event-loop tick), not through redis-py, whose per-command overhead was
 of a Redis-backed check's extra CPU; writes, scripts and pub/sub stay on redis-py. On
 Cluster or with TLS (``rediss://``) reads use redis-py too. Which client serves which
 URL and the retry policy are :mod:`cds.results.redis_connection`'s; the store only says
-how long it waits.
+how long it waits. A reply is decoded whole when it fills the near-cache (the patient's
+next checks order other codes); otherwise only the rows of the codes the check asked
+for become ``StoredResult`` tuples.
 
 Faults. Reads time out fast (``read_timeout_s``, default 50 ms; connect
 ``connect_timeout_s``, 50 ms) so a check still answers in time without results; writes
@@ -104,7 +106,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, cast
 
 import orjson
@@ -256,11 +258,12 @@ def _newest_first(result: StoredResult) -> tuple[int, str]:
 
 
 def _decode(
-    raw: dict[bytes, bytes], now_us: int, per_item: int
+    raw: dict[bytes, bytes], now_us: int, per_item: int, codes: Collection[str] | None = None
 ) -> tuple[PatientResults, int, bool]:
     """The live rows grouped by item code, newest first, at most ``per_item`` of each
     (a hash from before the bound may hold more); their earliest expiry (µs); whether
-    any row had already expired."""
+    any row had already expired. With ``codes``, only those codes' rows are built (the
+    expiry and the expired flag still cover every row)."""
     if not raw:
         return EMPTY_RESULTS, _NEVER, False
     intern = sys.intern
@@ -275,7 +278,10 @@ def _decode(
             continue
         earliest_s = min(earliest_s, expires_s)
         end = offset + (meta & ~_MARK_BIT)
-        item_code = intern(packed[offset:end].decode())
+        item_code = packed[offset:end].decode()
+        if codes is not None and item_code not in codes:
+            continue
+        item_code = intern(item_code)
         result = StoredResult(
             result_id.decode(),
             item_code,
@@ -646,7 +652,9 @@ class RedisResultStore:
 
     # -- the ResultStore interface ------------------------------------------------------
 
-    async def get_patient(self, patient_id: str) -> PatientResults:
+    async def get_patient(
+        self, patient_id: str, codes: Collection[str] | None = None
+    ) -> PatientResults:
         self._ensure_started()
         near = self._near
         if near is not None:
@@ -670,11 +678,14 @@ class RedisResultStore:
             except (RedisError, OSError) as exc:
                 raise ResultsUnavailable(f"redis read failed: {type(exc).__name__}") from exc
         now_us = int(self._clock() * US_PER_SECOND)
-        results, earliest_us, expired = _decode(raw, now_us, self._per_item)
+        if self._near_live and near is not None and self._epoch == epoch:
+            # Cached for the patient's next checks, whose codes differ: every code.
+            results, earliest_us, expired = _decode(raw, now_us, self._per_item)
+            near[patient_id] = (results, earliest_us)
+        else:
+            results, earliest_us, expired = _decode(raw, now_us, self._per_item, codes)
         if expired:
             self._to_prune.add(patient_id)
-        if self._near_live and near is not None and self._epoch == epoch:
-            near[patient_id] = (results, earliest_us)
         return results
 
     async def put_many(self, rows: Sequence[StoredRow]) -> None:
