@@ -57,7 +57,7 @@ from __future__ import annotations
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
 from cds.config import DEFAULT_MAX_RESULTS_PER_ITEM
 from cds.domain import US_PER_SECOND, StoredResult, new_tuple
@@ -94,6 +94,26 @@ def _newest_first(item: tuple[str, _Entry]) -> tuple[int, str]:
 
 def _result_newest(result: StoredResult) -> tuple[int, str]:
     return (result[3], result[0])
+
+
+def _grouped(results: Iterable[StoredResult]) -> dict[str, tuple[StoredResult, ...]]:
+    """``results`` by item code, newest first: the one grouping of both read views."""
+    out: dict[str, tuple[StoredResult, ...]] = {}
+    several = False
+    for result in results:
+        item_code = result[1]  # .item_code: a property call per row
+        group = out.get(item_code)
+        if group is None:
+            out[item_code] = (result,)
+        else:
+            # Groups are a row or two: a tuple grown by concatenation beats a list.
+            out[item_code] = (*group, result)
+            several = True
+    if several:  # rows are kept in arrival order; a group of several is sorted here
+        for item_code, group in out.items():
+            if len(group) > 1:
+                out[item_code] = tuple(sorted(group, key=_result_newest, reverse=True))
+    return out
 
 
 class MemoryResultStore:
@@ -217,23 +237,12 @@ class MemoryResultStore:
 
     def _decode(self, record: bytes, n: int) -> dict[str, tuple[StoredResult, ...]]:
         """The check's view: rows by item code, newest first."""
-        out: dict[str, tuple[StoredResult, ...]] = {}
-        several = False
-        for row in self._unpack_rows(record, n):
-            result_id, item_code, institution_id, reported, _expires, mark = row
-            result = new_tuple(StoredResult, (result_id, item_code, institution_id, reported, mark))
-            group = out.get(item_code)
-            if group is None:
-                out[item_code] = (result,)
-            else:
-                # Groups are a row or two: a tuple grown by concatenation beats a list.
-                out[item_code] = (*group, result)
-                several = True
-        if several:  # rows are kept in arrival order; a group of several is sorted here
-            for item_code, group in out.items():
-                if len(group) > 1:
-                    out[item_code] = tuple(sorted(group, key=_result_newest, reverse=True))
-        return out
+        return _grouped(
+            new_tuple(StoredResult, (result_id, item_code, institution_id, reported, mark))
+            for result_id, item_code, institution_id, reported, _expires, mark in (
+                self._unpack_rows(record, n)
+            )
+        )
 
     def _decode_codes(self, record: bytes, n: int, codes: Collection[str]) -> PatientResults:
         """The check's view of ``codes`` alone: their rows by item code, newest first.
@@ -247,35 +256,24 @@ class MemoryResultStore:
         wanted.discard(None)  # a code never written to any record
         if not wanted:
             return EMPTY_RESULTS
+        return _grouped(self._hits(record, n, wanted)) or EMPTY_RESULTS
+
+    def _hits(self, record: bytes, n: int, wanted: set[int | None]) -> Iterator[StoredResult]:
+        """The rows whose code index is ``wanted``, as results (no inline codes: the
+        table never filled, so the text is the result ids alone)."""
         end = _HEAD_SIZE + n * _ROW_SIZE
         code_of = self._codes
-        out: dict[str, tuple[StoredResult, ...]] = {}
-        several = False
         text = ""
         pos = 0
-        # No inline codes (the table never filled), so the text is the result ids alone.
         for reported, _expires, ci, ii, mark, n_id in _ROW.iter_unpack(
             memoryview(record)[_HEAD_SIZE:end]
         ):
             if ci in wanted:
                 if not text:
                     text = record[end:].decode()
-                item_code = code_of[ci]
-                result = new_tuple(
-                    StoredResult, (text[pos : pos + n_id], item_code, code_of[ii], reported, mark)
-                )
-                group = out.get(item_code)
-                if group is None:
-                    out[item_code] = (result,)
-                else:
-                    out[item_code] = (*group, result)
-                    several = True
+                result = (text[pos : pos + n_id], code_of[ci], code_of[ii], reported, mark)
+                yield new_tuple(StoredResult, result)
             pos += n_id
-        if several:
-            for item_code, group in out.items():
-                if len(group) > 1:
-                    out[item_code] = tuple(sorted(group, key=_result_newest, reverse=True))
-        return out or EMPTY_RESULTS
 
     # -- time, expiry and the bound ----------------------------------------------------
 
