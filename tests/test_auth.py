@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+import cds.security.auth as auth_module
 from cds.security.auth import (
     PERMISSION_DENIED_MESSAGE,
     UNAUTHENTICATED_MESSAGE,
@@ -456,3 +457,9 @@ def test_hash_token_matches_the_lookup_and_refuses_guessable_tokens() -> None:
 )
 def test_bearer_token_parsing(metadata: tuple, expected: str | None) -> None:
     assert bearer_token(metadata) == expected
+
+
+def test_a_new_token_never_starts_with_a_dash_a_cli_would_read_as_an_option(monkeypatch):
+    drawn = iter(["-" + "a" * 42, "b" * 43])
+    monkeypatch.setattr(auth_module.secrets, "token_urlsafe", lambda n: next(drawn))
+    assert auth_module.new_token() == "b" * 43

@@ -73,8 +73,15 @@ class AuthConfigError(ValueError):
 
 
 def new_token() -> str:
-    """A fresh bearer token: 256 random bits, URL-safe (43 characters)."""
-    return secrets.token_urlsafe(32)
+    """A fresh bearer token: 256 random bits, URL-safe (43 characters).
+
+    Never one that starts with ``-``: ``cds check --token -x…`` would read it as an
+    option (one token in 64 did), and so would most CLIs an integrator pastes it into.
+    """
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def hash_token(token: str) -> str:
