@@ -227,8 +227,12 @@ def main(argv: list[str] | None = None) -> int:
                         row[f"h2load_{cls}_rps"] = h["mix_rps"] if h["mix_valid"] else None
                         row[f"h2load_{cls}_measured_rps"] = h["mix_rps"]
                         row[f"h2load_{cls}_not_ok"] = h.get("grpc_not_ok")
+                        row[f"h2load_{cls}_python_us"] = h["python_cpu_us_per_call"]
+                        row[f"h2load_{cls}_process_us"] = h["server_cpu_us_per_call"]
+                        py_us = h["python_cpu_us_per_call"]
                         log(
                             f"  r{rnd} {name:8s} h2load {cls:9s} {h['mix_rps']:8.0f}/s"
+                            + (f", Python threads {py_us:6.1f} µs/call" if py_us else "")
                             + ("" if h["mix_valid"] else " (disturbed: not counted)")
                         )
                 for rate in rates:
@@ -282,6 +286,20 @@ def main(argv: list[str] | None = None) -> int:
                             if r[key] and b[key]
                         ]
                         s[f"h2load_{cls}_vs_bare_median"] = statistics.median(rs) if rs else None
+                    for what in ("python_us", "process_us"):
+                        k = f"h2load_{cls}_{what}"
+                        us = [r[k] for r in rows if r[key] and r.get(k)]
+                        s[f"{k}_median"] = statistics.median(us) if us else None
+                        if "bare" in points and name != "bare":
+                            # bare's cost over ours: the rate ratio if that CPU is the limit
+                            cs = [
+                                b[k] / r[k]
+                                for r, b in zip(rows, points["bare"], strict=True)
+                                if r[key] and b[key] and r.get(k) and b.get(k)
+                            ]
+                            s[f"h2load_{cls}_{what}_bare_over_service"] = (
+                                statistics.median(cs) if cs else None
+                            )
             summary[name] = s
         res["summary"] = summary
         how = (

@@ -662,6 +662,7 @@ def throughput_section(res: dict[str, Any], layout: str, lay: dict[str, Any]) ->
             "",
             "gRPC status codes the service counted during h2load: " + "; ".join(codes) + ".",
         ]
+    lines += gil_lines(lay)
     pc = lay.get("python_closed", {})
     if pc:
         lines += [
@@ -687,6 +688,58 @@ def throughput_section(res: dict[str, Any], layout: str, lay: dict[str, Any]) ->
                 f"server: {rps(b['driver_ceiling_est_rps'])} per core it gets.",
             ]
     return lines
+
+
+def gil_figures(lay: dict[str, Any], server: str) -> dict[str, float] | None:
+    """Median over the undisturbed rounds of the server's Python-thread CPU per call
+    (the mix, and the all-WARN class) and of how busy those threads were at saturation.
+    None when the rounds did not record it (older results, no h2load)."""
+    mix_us: list[float] = []
+    warn_us: list[float] = []
+    busy: list[float] = []
+    for row in lay.get("h2load_rounds", []):
+        h = row.get(server)
+        if not h:
+            continue
+        if h.get("mix_valid") and h.get("python_cpu_us_per_call"):
+            mix_us.append(h["python_cpu_us_per_call"])
+        for f in h.get("families", []):
+            us = f.get("python_cpu_us_per_call")
+            if not (f.get("valid") and us and f.get("rps")):
+                continue
+            busy.append(us * f["rps"] / 1e6)
+            if f["family"] == WARN_CLASS:
+                warn_us.append(us)
+    if not mix_us or not busy:
+        return None
+    out = {"mix_us": _median(mix_us) or 0.0, "busy": _median(busy) or 0.0}
+    if warn_us:
+        out["all_warn_us"] = _median(warn_us) or 0.0
+    return out
+
+
+def gil_lines(lay: dict[str, Any]) -> list[str]:
+    """Why the ratios are what they are: one thread per server is the limit."""
+    bare, svc = gil_figures(lay, "bare"), gil_figures(lay, "service")
+    if bare is None or svc is None:
+        return []
+    warn = ""
+    if "all_warn_us" in bare and "all_warn_us" in svc:
+        warn = (
+            f"; all-WARN {bare['all_warn_us']:,.0f} µs against {svc['all_warn_us']:,.0f} µs "
+            f"({bare['all_warn_us'] / svc['all_warn_us']:.2f}×)"
+        )
+    return [
+        "",
+        f"What limits both servers: their Python threads (the event loop, and the "
+        f"decision-log writer, which share the GIL; gRPC's own C threads are not counted) "
+        f"were busy {pct(bare['busy'])} (bare) and {pct(svc['busy'])} (service) of each "
+        f"h2load run, median over order classes and rounds. Throughput is therefore that "
+        f"CPU per call, inverted: bare {bare['mix_us']:,.0f} µs per call against the "
+        f"service's {svc['mix_us']:,.0f} µs on the mix "
+        f"({bare['mix_us'] / svc['mix_us']:.2f}×){warn}. That CPU time moves with the "
+        "neighbours as much as the rates do; the instructions per Check below do not.",
+    ]
 
 
 OPEN_HEAD = (

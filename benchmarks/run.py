@@ -418,6 +418,18 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def _per_call_mean(fams: list[dict[str, Any]], key: str) -> float | None:
+    """A per-call cost of the mix: its families' costs weighted by share (the mean cost
+    of a call drawn from the mix; its inverse is the mix's harmonic-mean rate). A class
+    of one family (all-WARN, share 0) is that family's."""
+    chosen = [f for f in fams if f["share"] > 0] or fams
+    weights = [float(f["share"]) if f["share"] > 0 else 1.0 for f in chosen]
+    costs: list[float] = [f[key] for f in chosen if f.get(key) is not None]
+    if not chosen or len(costs) != len(chosen):
+        return None
+    return sum(w * c for w, c in zip(weights, costs, strict=True)) / sum(weights)
+
+
 def h2load_mix(
     env: Env,
     target: str,
@@ -445,6 +457,7 @@ def h2load_mix(
     fams = []
     for name, path, share in frames:
         cpu0 = server.cpu() if server else 0.0
+        py0 = server.python_cpu() if server else 0.0
         core0 = core_busy_seconds(env.server_cpus)
         kids0 = _children_cpu()
         t0 = time.monotonic()
@@ -466,6 +479,10 @@ def h2load_mix(
             busy = (core_busy_seconds(env.server_cpus) - core0) / wall
             others = max(0.0, busy - server_cpu - (0.0 if env.server_cpus else h2_cpu))
             r.update(server_cpu_frac=server_cpu, h2load_cpu_frac=h2_cpu, others_cores=others)
+            if r.get("rps"):
+                # What bounds throughput (see procs.python_thread_cpu_seconds), per call
+                r["python_cpu_us_per_call"] = 1e6 * (server.python_cpu() - py0) / wall / r["rps"]
+                r["server_cpu_us_per_call"] = 1e6 * server_cpu / r["rps"]
             valid = valid and others <= cfg.disturbed_cores
         r["valid"] = valid
         fams.append(r)
@@ -484,6 +501,8 @@ def h2load_mix(
         "valid": {f["family"]: f["valid"] for f in fams},
         "mix_rps": h2load.mix_rps(mix),
         "mix_valid": all(f["valid"] for f in fams if f["share"] > 0),
+        "python_cpu_us_per_call": _per_call_mean(fams, "python_cpu_us_per_call"),
+        "server_cpu_us_per_call": _per_call_mean(fams, "server_cpu_us_per_call"),
         "http_failed": sum(f.get("failed", 0) + f.get("errored", 0) for f in fams),
     }
     if before is not None and after is not None:

@@ -151,6 +151,9 @@ def test_quick_run_measures_every_server_in_both_layouts(quick_run):
             for row in lay["h2load_rounds"]:
                 assert row["service"]["grpc_not_ok"] == 0
                 assert row["bare"]["http_failed"] == 0
+                # what bounds throughput is measured for every server
+                for server in ("bare", "service"):
+                    assert row[server]["python_cpu_us_per_call"] > 0
     for key in ("cpu_model", "cores", "kernel", "python", "grpcio", "protobuf_backend"):
         assert res["machine"][key]
     assert res["engine"]["cases"]["lab_3_items"]["median_us"] > 0
@@ -203,3 +206,23 @@ def test_capacity_falls_back_to_disturbed_rounds_rather_than_none():
     assert capacity([3000.0, 3200.0, 3100.0], [3000.0, 9.0, 3200.0, 3100.0]) == (3100.0, False)
     assert capacity([], [2800.0, None, 3000.0]) == (2900.0, True)
     assert capacity([], [None, 0.0]) == (0.0, False)
+
+
+def test_gil_figures_weigh_the_mix_and_say_how_busy_the_python_threads_were():
+    def family(name: str, share: float, rps: float, us: float) -> dict[str, object]:
+        return {"family": name, "share": share, "rps": rps, "valid": True,
+                "python_cpu_us_per_call": us}  # fmt: skip
+
+    def server(us_a: float, us_b: float, us_warn: float) -> dict[str, object]:
+        fams = [family("a", 0.5, 1e6 / us_a, us_a), family("b", 0.5, 1e6 / us_b, us_b),
+                family("all_warn", 0.0, 0.9e6 / us_warn, us_warn)]  # fmt: skip
+        return {"families": fams, "mix_valid": True,
+                "python_cpu_us_per_call": 0.5 * us_a + 0.5 * us_b}  # fmt: skip
+
+    lay = {"h2load_rounds": [{"bare": server(100, 200, 150), "service": server(300, 500, 600)}]}
+    bare = report.gil_figures(lay, "bare")
+    assert bare == {"mix_us": 150, "busy": 1.0, "all_warn_us": 150}
+    text = " ".join(report.gil_lines(lay))
+    assert "bare 150 µs per call against the service's 400 µs on the mix (0.38×)" in text
+    assert "all-WARN 150 µs against 600 µs (0.25×)" in text
+    assert report.gil_lines({"h2load_rounds": [{"bare": {}, "service": {}}]}) == []
