@@ -14,7 +14,7 @@ from redis.crc import key_slot
 
 from cds.domain import US_PER_DAY, US_PER_SECOND, StoredResult
 from cds.results.base import ResultsUnavailable
-from cds.results.redis_store import RedisResultStore, _pack
+from cds.results.redis_store import RedisResultStore, _expiry_s, _pack
 from tests.support.redis_server import (  # noqa: F401  (fixtures)
     RedisCluster,
     RedisServer,
@@ -402,3 +402,84 @@ def test_without_the_near_cache_a_read_of_some_codes_builds_only_those_within_th
             await raw.aclose()
 
     asyncio.run(main())
+
+
+async def _stored_rows_by_expiry_day(raw: Redis) -> dict[int, int]:
+    """What the count should say, read from the patients' hashes themselves."""
+    by_day: dict[int, int] = {}
+    async for key in raw.scan_iter(match="cds:r:*"):
+        for packed in (await raw.hgetall(key)).values():
+            day = _expiry_s(packed) // 86_400
+            by_day[day] = by_day.get(day, 0) + 1
+    return by_day
+
+
+async def _counted_by_expiry_day(raw: Redis) -> dict[int, int]:
+    buckets = await raw.hgetall("cds:n")
+    return {int(day): int(n) for day, n in buckets.items() if int(n)}
+
+
+def test_the_count_matches_the_stored_rows_when_a_batch_repeats_a_result(redis_server):
+    """One PutResults batch may carry a result twice (a correction right behind the
+    original) and a withdrawal may name a result twice; the count, per expiry day, must
+    still be the rows Redis holds, whichever version of a repeated result is kept."""
+
+    async def scenario(raw: Redis, clock: FakeClock, store: RedisResultStore) -> None:
+        now = clock.now_us
+
+        def day(n: int) -> int:
+            return now + n * US_PER_DAY
+
+        async def count_matches_redis() -> None:
+            stored = await _stored_rows_by_expiry_day(raw)
+            assert await _counted_by_expiry_day(raw) == stored
+
+            async def settled() -> bool:
+                return store.cached_count() == sum(stored.values())
+
+            await eventually(settled)
+
+        # a new result twice in one batch; "kept" was stored before and comes twice
+        # again, the later copy expiring on another day
+        await store.put_many([row("p", "kept", reported_at_us=1, expires_at_us=day(3))])
+        await store.put_many(
+            [
+                row("p", "new", reported_at_us=2, expires_at_us=day(1)),
+                row("p", "new", reported_at_us=3, expires_at_us=day(2)),
+                row("p", "kept", reported_at_us=4, expires_at_us=day(4)),
+                row("p", "kept", "NA", reported_at_us=5, expires_at_us=day(5)),
+            ]
+        )
+        assert ids(await store.get_patient("p")) == {"K": ["new"], "NA": ["kept"]}
+        await count_matches_redis()
+
+        # a repeated result that the bound per item (2) then trims
+        await store.put_many(
+            [
+                row("q", "q1", reported_at_us=10, expires_at_us=day(1)),
+                row("q", "q2", reported_at_us=20, expires_at_us=day(1)),
+                row("q", "old", reported_at_us=1, expires_at_us=day(2)),
+                row("q", "old", reported_at_us=2, expires_at_us=day(3)),
+            ]
+        )
+        assert ids(await store.get_patient("q")) == {"K": ["q2", "q1"]}
+        await count_matches_redis()
+
+        # stored, then in one batch live and then already expired: the batch's last word
+        # (expired) holds, as in the in-process store
+        await store.put_many([row("s", "x", reported_at_us=1, expires_at_us=day(1))])
+        await store.put_many(
+            [
+                row("s", "x", reported_at_us=2, expires_at_us=day(2)),
+                row("s", "x", reported_at_us=3, expires_at_us=now),
+            ]
+        )
+        assert dict(await store.get_patient("s")) == {}
+        await count_matches_redis()
+
+        # a withdrawal naming one result twice withdraws, and uncounts, one row
+        assert await store.withdraw_many([("p", "new"), ("p", "new"), ("q", "q1")]) == 2
+        assert ids(await store.get_patient("p")) == {"NA": ["kept"]}
+        await count_matches_redis()
+
+    run(redis_server, scenario, max_results_per_item=2, count_refresh_s=0.01)

@@ -23,7 +23,9 @@ then the invalidation ``PUBLISH``. Grouping patients matters: redis-py packs com
 in Python, so fewer, larger commands cost less client CPU; the cap keeps one script
 from blocking Redis (and everyone's checks) for long. ``put_many`` returns only after
 Redis has replied to every command: an acknowledged write is in Redis. Any error
-raises ``ResultsUnavailable`` and the feed retries; replays are idempotent.
+raises ``ResultsUnavailable`` and the feed retries; replays are idempotent. A result
+repeated within a chunk is sent once, its last copy (as the in-process store keeps it),
+and a ref repeated in a withdrawal once, so each is counted once.
 
 Bound per item. A patient keeps at most ``max_results_per_item`` results per item code
 (``--max-results-per-item``), the newest by ``reported_at`` (ties: the greater result
@@ -695,28 +697,36 @@ class RedisResultStore:
 
     async def _put_chunk(self, rows: Sequence[StoredRow]) -> None:
         now_us = int(self._clock() * US_PER_SECOND)
-        # patient -> (field/value pairs, already-expired result ids, latest expiry second)
-        by_patient: dict[str, tuple[list[Any], list[str], list[int]]] = {}
-        added: dict[int, int] = {}
+        # patient -> result id -> packed row, None if already expired. One entry per
+        # result: a later copy in the batch replaces an earlier one, as in the in-process
+        # store. Sent twice, a result would be counted twice but stored once, and a live
+        # copy would win over a later expired one (the script deletes before it sets).
+        by_patient: dict[str, dict[str, bytes | None]] = {}
         for patient_id, result, expires_at_us in rows:
-            entry = by_patient.get(patient_id)
-            if entry is None:
-                entry = by_patient[patient_id] = ([], [], [0])
-            if expires_at_us <= now_us:
-                entry[1].append(result.result_id)
-                continue
-            packed = _pack(result, expires_at_us)
-            entry[0].append(result.result_id)
-            entry[0].append(packed)
-            expires_s = _expiry_s(packed)
-            entry[2][0] = max(entry[2][0], expires_s)
-            day = expires_s // _S_PER_DAY
-            added[day] = added.get(day, 0) + 1
+            fields = by_patient.get(patient_id)
+            if fields is None:
+                fields = by_patient[patient_id] = {}
+            fields[result.result_id] = (
+                _pack(result, expires_at_us) if expires_at_us > now_us else None
+            )
+        added: dict[int, int] = {}
+        args: list[list[Any]] = []
+        for fields in by_patient.values():
+            pairs: list[Any] = []
+            deletes: list[str] = []
+            expire_at = 0
+            for result_id, packed in fields.items():
+                if packed is None:
+                    deletes.append(result_id)
+                    continue
+                pairs.append(result_id)
+                pairs.append(packed)
+                expires_s = _expiry_s(packed)
+                expire_at = max(expire_at, expires_s)
+                day = expires_s // _S_PER_DAY
+                added[day] = added.get(day, 0) + 1
+            args.append([expire_at, len(pairs) // 2, len(deletes), *pairs, *deletes])
         keys = [self._key(p) for p in by_patient]
-        args = [
-            [expire_at[0], len(pairs) // 2, len(deletes), *pairs, *deletes]
-            for pairs, deletes, expire_at in by_patient.values()
-        ]
         try:
             replies = await self._run_scripts(
                 "put",
@@ -741,9 +751,11 @@ class RedisResultStore:
         self._ensure_started()
         withdrawn = 0
         for chunk in _chunks(refs, self._chunk_rows):
-            by_patient: dict[str, list[str]] = {}
+            # each result once: named twice, HMGET would return its row twice, so it
+            # would be reported and uncounted twice
+            by_patient: dict[str, dict[str, None]] = {}
             for patient_id, result_id in chunk:
-                by_patient.setdefault(patient_id, []).append(result_id)
+                by_patient.setdefault(patient_id, {})[result_id] = None
             keys = [self._key(p) for p in by_patient]
             args = [[len(ids), *ids] for ids in by_patient.values()]
             try:
