@@ -135,6 +135,33 @@ def test_a_candidate_dry_run_is_named_and_never_activated(state):
     assert state.last_error == ""  # a dry run records nothing
 
 
+def test_a_refused_dry_run_logs_one_info_line_and_a_refused_reload_a_warning(
+    state, tmp_path, caplog
+):
+    # A dry run is an administrator's preview: its errors go back to the caller, so a
+    # candidate being iterated on must not put a multi-line WARNING in the log per try.
+    bad = b'{"version": "x", "surprise": 1, "also": 2}'
+    with caplog.at_level("INFO", logger="cds.rollout.state"):
+        for _ in range(3):
+            with pytest.raises(CatalogError):
+                asyncio.run(state.reload(dry_run=True, content=bad, source="candidate"))
+    dry = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(dry) == 3
+    for r in dry:
+        assert r.levelname == "INFO"
+        message = r.getMessage()
+        assert "\n" not in message
+        assert "candidate refused (dry run)" in message and "test-1 keeps serving" in message
+        assert "errors returned to the caller" in message
+    caplog.clear()
+    _write(tmp_path / "catalog.json", {"version": 1})
+    with caplog.at_level("INFO", logger="cds.rollout.state"), pytest.raises(CatalogError):
+        asyncio.run(state.reload())
+    (real,) = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert real.levelname == "WARNING"
+    assert "version" in real.getMessage().split("\n", 1)[1]  # the errors, for on-call
+
+
 def test_every_reload_replays_the_recent_orders_against_both_engines(state, tmp_path):
     seen = []
 

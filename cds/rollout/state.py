@@ -208,11 +208,22 @@ class CatalogState:
         self._record_failure(errors)
 
     def _log_refusal(self, errors: list[str], dry_run: bool, where: str) -> None:
+        if dry_run:
+            # A preview: the caller gets every error in its answer, and an administrator
+            # iterating on a candidate would otherwise put a multi-line WARNING in the
+            # log per try. One line, that it happened.
+            log.info(
+                "catalogue %s refused (dry run), version %s keeps serving: %d errors "
+                "returned to the caller",
+                where,
+                self.active.version,
+                len(errors),
+            )
+            return
         # Catalogue errors name JSON paths and codes, never patients: safe to log whole.
         log.warning(
-            "catalogue %s refused%s, version %s keeps serving:\n%s",
+            "catalogue %s refused, version %s keeps serving:\n%s",
             where,
-            " (dry run)" if dry_run else "",
             self.active.version,
             errors_message(errors),
         )
