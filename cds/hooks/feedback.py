@@ -70,7 +70,8 @@ def _entries(body: Any) -> list[_Entry]:
         card = entry.get("card")
         if not isinstance(card, str) or not card:
             raise malformed(f"{at}.card: required, the card's uuid")
-        outcome = _OUTCOMES.get(entry.get("outcome"))  # type: ignore[arg-type]
+        named = entry.get("outcome")  # any JSON value: a list or object is no dict key
+        outcome = _OUTCOMES.get(named) if isinstance(named, str) else None
         if outcome is None:
             raise malformed(f"{at}.outcome: must be accepted or overridden")
         reason = entry.get("overrideReason") or {}

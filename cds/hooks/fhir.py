@@ -162,7 +162,8 @@ def _resources(value: Any) -> Iterator[dict[str, Any]]:
     if not isinstance(value, dict):
         return
     if value.get("resourceType") == "Bundle":
-        for entry in value.get("entry") or ():
+        entries = value.get("entry")
+        for entry in entries if isinstance(entries, list) else ():
             if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
                 yield entry["resource"]
     else:

@@ -15,10 +15,12 @@ Three endpoints, as the spec names them:
 Errors carry an ``OperationOutcome`` whose issue names the JSON path at fault: 400 a
 malformed request, 404 an unknown service or card, 412 required context missing
 (``patientId``, ``draftOrders``, an institution), 401 a missing or refused JWT
-(when ``--hooks-jwt-issuers`` is set), 413 a body over 8 MiB, 422 feedback the line's
-reasons do not allow, 503 beyond ``--max-concurrent-rpcs`` requests in progress or
-when the decisions store or log cannot take feedback (retry). Nothing of a request is
-logged, and the token never is.
+(when ``--hooks-jwt-issuers`` is set), 413 a body over 8 MiB, 417 an ``Expect`` other
+than ``100-continue``, 422 feedback the line's reasons do not allow, 503 beyond
+``--max-concurrent-rpcs`` requests in progress or when the decisions store or log
+cannot take feedback (retry). A request that is not valid HTTP is aiohttp's to refuse
+(a plain-text 400 naming the fault). Nothing of a request is logged, and the token
+never is.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from cds.config import ServeConfig, split_host_port
 from cds.decisions.memory import DecisionMemory
@@ -104,6 +108,29 @@ _NO_CARDS = b'{"cards":[]}'
 _OK = b"{}"
 
 
+class _HttpLayerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's log of the requests its parser refused, without their bytes.
+
+    Its exceptions quote what they could not parse (a body after a short
+    Content-Length, a broken chunk), which can hold a patient id, and it logged them
+    at ERROR with a traceback though the fault is the client's. They are one line (INFO
+    at most) naming the kind of fault; anything else aiohttp logs is passed on as it was.
+    """
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, RequestPayloadError):  # a body we refused, drained by aiohttp
+            exc = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else exc
+        if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
+            self.logger.log(  # DEBUG stays DEBUG (aiohttp's level for non-HTTP traffic)
+                min(level, logging.INFO),
+                "CDS Hooks: refused a request that is not valid HTTP (%s)",
+                type(exc).__name__,
+            )
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
 def outcome(error: HookError) -> web.Response:
     """The OperationOutcome of a refusal (CDS Hooks best practice for 4xx/5xx bodies)."""
     body = {
@@ -136,6 +163,18 @@ def _outcomes(errors: list[HookError]) -> web.Response:
         ]  # fmt: skip
         response.body = orjson.dumps(body)
     return response
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` as aiohttp answers it; any other expectation a 417 that
+    names the header. aiohttp's own 417 quotes the value, and a value that is not
+    UTF-8 made it fail building that answer: a 500 and a traceback."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return outcome(HookError(417, "Expect: only 100-continue is supported", "not-supported"))
+    if request.version == (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
+    return None
 
 
 def _endpoint(request: web.Request) -> tuple[str, str]:
@@ -188,9 +227,11 @@ class HooksDoor:
         app = web.Application(
             client_max_size=DEFAULT_MAX_RECEIVE_BYTES, middlewares=[self._middleware]
         )
-        app.router.add_get(DISCOVERY, self._discovery)
-        app.router.add_post(DISCOVERY + "/{service}", self._call)
-        app.router.add_post(DISCOVERY + "/{service}/feedback", self._submit_feedback)
+        app.router.add_get(DISCOVERY, self._discovery, expect_handler=_expect)
+        app.router.add_post(DISCOVERY + "/{service}", self._call, expect_handler=_expect)
+        app.router.add_post(
+            DISCOVERY + "/{service}/feedback", self._submit_feedback, expect_handler=_expect
+        )
         return app
 
     async def start(self) -> None:
@@ -198,7 +239,11 @@ class HooksDoor:
         host, port = split_host_port(self._config.hooks_listen, flag="--hooks-listen")
         # No access log: request lines are harmless, but nothing of a request is logged.
         self._runner = web.AppRunner(
-            self._app(), access_log=None, handle_signals=False, shutdown_timeout=self._config.grace
+            self._app(),
+            access_log=None,
+            logger=_HttpLayerLog(logging.getLogger("aiohttp.server")),
+            handle_signals=False,
+            shutdown_timeout=self._config.grace,
         )
         await self._runner.setup()
         site = web.TCPSite(
@@ -287,7 +332,17 @@ class HooksDoor:
     @staticmethod
     async def _json(request: web.Request) -> Any:
         try:
-            return orjson.loads(await request.read())
+            data = await request.read()
+        except RequestPayloadError as e:  # its message may quote the body: not echoed
+            if isinstance(e.__cause__, ContentEncodingError):
+                raise malformed(
+                    "Content-Encoding: the body does not decode as its Content-Encoding says"
+                ) from None
+            raise malformed("$: the body is not framed as its headers say") from None
+        except ConnectionResetError:  # the client hung up mid-body: its fault, no error
+            raise malformed("$: the connection closed before the body was complete") from None
+        try:
+            return orjson.loads(data)
         except orjson.JSONDecodeError:
             raise malformed("$: the body is not a JSON document") from None
 
