@@ -733,8 +733,9 @@ def gil_lines(lay: dict[str, Any]) -> list[str]:
         "",
         f"What limits both servers: their Python threads (the event loop, and the "
         f"decision-log writer, which share the GIL; gRPC's own C threads are not counted) "
-        f"were busy {pct(bare['busy'])} (bare) and {pct(svc['busy'])} (service) of each "
-        f"h2load run, median over order classes and rounds. Throughput is therefore that "
+        f"kept {bare['busy']:.2f} (bare) and {svc['busy']:.2f} (service) cores busy during "
+        f"each h2load run (median over order classes and rounds; about one core, since only "
+        f"one of them holds the GIL at a time). Throughput is therefore that "
         f"CPU per call, inverted: bare {bare['mix_us']:,.0f} µs per call against the "
         f"service's {svc['mix_us']:,.0f} µs on the mix "
         f"({bare['mix_us'] / svc['mix_us']:.2f}×){warn}. That CPU time moves with the "

@@ -225,4 +225,5 @@ def test_gil_figures_weigh_the_mix_and_say_how_busy_the_python_threads_were():
     text = " ".join(report.gil_lines(lay))
     assert "bare 150 µs per call against the service's 400 µs on the mix (0.38×)" in text
     assert "all-WARN 150 µs against 600 µs (0.25×)" in text
+    assert "kept 1.00 (bare) and 1.00 (service) cores busy" in text
     assert report.gil_lines({"h2load_rounds": [{"bare": {}, "service": {}}]}) == []
