@@ -233,7 +233,7 @@ class ServeConfig:
         default=DEFAULT_DEADLINE_CAP_SECONDS,
         metadata=_setting(
             "seconds a call may wait on the results store or the decision log, whatever "
-            "the client's deadline",
+            "the client's deadline, or a CDS Hooks body may take to arrive",
             check="positive",
             group=SECURITY,
         ),

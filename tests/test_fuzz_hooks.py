@@ -677,3 +677,28 @@ def test_a_client_hanging_up_in_the_middle_of_its_body_is_not_an_error(server, l
         time.sleep(0.2)
     time.sleep(0.3)  # the server notices the connection is gone
     assert_log_clean(server, log_start)
+
+
+def test_a_body_that_stops_arriving_gets_408_by_the_deadline_cap_and_frees_its_slot(tmp_path):
+    """A client that sends less body than its Content-Length and waits must not hold a
+    request slot for ever: with one slot, every other caller would get 503 meanwhile."""
+    args = ["--hooks-listen", "127.0.0.1:0", "--hooks-institution", "H1"]
+    args += ["--deadline-cap", "0.5", "--max-concurrent-rpcs", "1"]
+    with running_server(tmp_path, hooks_catalog(), extra_args=args) as slow_server:
+        host, _, port = slow_server.hooks_url.removeprefix("http://").rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=TIMEOUT_S) as sock:
+            sock.sendall(request("POST", SIGN, b'{"hook":', content_length=1000))
+            started = time.monotonic()
+            response = http.client.HTTPResponse(sock, method="POST")
+            response.begin()
+            answer = Answer(response.status, response.getheader("Content-Type") or "",
+                            response.read())  # fmt: skip
+            waited = time.monotonic() - started
+        assert answer.status == 408, answer
+        assert_names_the_fault(answer)
+        assert "--deadline-cap" in answer.json()["issue"][0]["diagnostics"]
+        assert 0.4 < waited < 5.0, waited
+        # The slot is free again: a well-formed order is answered, not refused as busy.
+        assert_allowed(exchange(slow_server, post(SIGN, json.dumps(healthy_request()).encode())),
+                       "service")  # fmt: skip
+        assert_log_clean(slow_server)

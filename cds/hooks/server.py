@@ -25,6 +25,7 @@ never is.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -329,10 +330,18 @@ class HooksDoor:
             self._metrics.hooks_jwt_refused.labels(refused.kind).inc()
             raise HookError(401, f"Authorization: {refused.message}", "security") from None
 
-    @staticmethod
-    async def _json(request: web.Request) -> Any:
+    async def _json(self, request: web.Request) -> Any:
+        # A body that stops arriving would hold its request slot (--max-concurrent-rpcs)
+        # until the client hung up: a few such clients and every other caller gets 503.
+        # --deadline-cap bounds it, as it bounds every other wait of a call.
+        cap = self._config.deadline_cap
         try:
-            data = await request.read()
+            async with asyncio.timeout(cap):
+                data = await request.read()
+        except TimeoutError:
+            raise HookError(
+                408, f"$: the body did not arrive within --deadline-cap ({cap:g} s)", "timeout"
+            ) from None
         except RequestPayloadError as e:  # its message may quote the body: not echoed
             if isinstance(e.__cause__, ContentEncodingError):
                 raise malformed(
