@@ -227,3 +227,19 @@ def test_gil_figures_weigh_the_mix_and_say_how_busy_the_python_threads_were():
     assert "all-WARN 150 µs against 600 µs (0.25×)" in text
     assert "kept 1.00 (bare) and 1.00 (service) cores busy" in text
     assert report.gil_lines({"h2load_rounds": [{"bare": {}, "service": {}}]}) == []
+
+
+def test_the_gap_to_the_throughput_goals_is_stated_in_instructions_per_check():
+    def subject(mix: float, warn: float) -> dict[str, object]:
+        return {"classes": {"mix": {"ir_per_call": mix}, "all_warn": {"ir_per_call": warn}}}
+
+    res = {"percall": {"subjects": {"bare": subject(425_000, 450_000),
+                                    "service": subject(800_000, 500_000)}}}  # fmt: skip
+    text = " ".join(report.gap_lines(res))
+    # 0.85x of the mix: 425,000 / 0.85 = 500,000 allowed; 0.75x all-WARN: 600,000.
+    assert "the mix: 800,000 instructions per Check against the bare server's 425,000" in text
+    assert "0.85× needs at most 500,000, 300,000 over" in text
+    assert "0.75× needs at most 600,000, 100,000 under, so within reach" in text
+    assert "PERF-NOTES.md" in text
+    assert report.gap_lines({}) == []
+    assert report.gap_lines({"percall": {"subjects": {"bare": subject(1, 1)}}}) == []
