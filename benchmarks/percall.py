@@ -53,6 +53,8 @@ CHECK_METHOD = "/cds.v1.OrderCheckService/Check"
 # its threads around, and repeated counts agree to ~0.5 % instead of ~3 %.
 DEFAULT_CPUS: str | None = "0" if (os.cpu_count() or 1) > 1 else None
 PUT_RESULTS = "/cds.v1.ResultFeedService/PutResults"
+# The longest py-spy samples one class of one server (see py_spy_pass).
+SPY_SECONDS = 60.0
 ROOT = Path(__file__).resolve().parent.parent
 # Libraries as their file names start, for the cost-by-library table.
 LIBRARIES = (
@@ -248,20 +250,33 @@ class CallgrindServer:
         return path
 
 
-def fixed_calls(call: Any, bodies: list[bytes], n: int, concurrency: int) -> dict[str, Any]:
+def fixed_calls(
+    call: Any,
+    bodies: list[bytes],
+    n: int,
+    concurrency: int,
+    *,
+    max_seconds: float | None = None,
+) -> dict[str, Any]:
     """Exactly ``n`` Checks, ``concurrency`` in flight, bodies cycled, on an open channel
     (its connection set up before, outside the count): a fixed amount of work whatever
-    the speed of the server (a valgrind one is ~50x slower)."""
+    the speed of the server (a valgrind one is ~50x slower). ``max_seconds`` stops
+    sending early, for a sampler that needs time, not a count: ``calls`` says how many."""
     pending: collections.deque[grpc.Future] = collections.deque()
     errors: Counter[str] = Counter()
     t0 = time.monotonic()
+    stop_at = None if max_seconds is None else t0 + max_seconds
+    sent = 0
     for i in range(n):
+        if stop_at is not None and i % concurrency == 0 and time.monotonic() >= stop_at:
+            break
         if len(pending) >= concurrency:
             _settle(pending.popleft(), errors)
         pending.append(call.future(bodies[i % len(bodies)], timeout=300))
+        sent += 1
     while pending:
         _settle(pending.popleft(), errors)
-    return {"calls": n, "errors": dict(errors), "wall_s": time.monotonic() - t0}
+    return {"calls": sent, "errors": dict(errors), "wall_s": time.monotonic() - t0}
 
 
 def _settle(fut: grpc.Future, errors: Counter[str]) -> None:
@@ -502,11 +517,13 @@ def py_spy_pass(
             )
             time.sleep(1.0)  # py-spy attaches
             # More calls than under callgrind: the server is ~50x faster here and py-spy
-            # needs some seconds of samples.
-            fixed_calls(call, bodies, calls * 5, concurrency)
+            # needs some seconds of samples. Bounded in time too: where py-spy's native
+            # unwinding is slow it stops the server for most of each sample (seen: 20
+            # calls/s, 11 minutes a server), and shares need samples, not a call count.
+            sent = fixed_calls(call, bodies, calls * 5, concurrency, max_seconds=SPY_SECONDS)
             rec.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
             rec.communicate(timeout=60)
-            shares[cls] = profile_shares(raw) | {"file": raw.name}
+            shares[cls] = profile_shares(raw) | {"file": raw.name, "calls": sent["calls"]}
         channel.close()
     finally:
         proc.stop()

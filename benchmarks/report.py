@@ -973,7 +973,9 @@ def percall_lines(pc: dict[str, Any] | None, res: dict[str, Any]) -> list[str]:
             lines += [
                 "",
                 f"cds's Python functions, {c}, inclusive share of GIL-holding samples "
-                f"(py-spy `--native --gil`, native run, {spy['samples']:,} samples):",
+                f"(py-spy `--native --gil`, native run, {spy['samples']:,} samples"
+                + (f" over {spy['calls']:,} calls" if spy.get("calls") else "")
+                + "):",
                 "",
                 *(f"- {t['share']:.1%} `{t['frame']}`" for t in spy["top_cds_inclusive"][:15]),
             ]

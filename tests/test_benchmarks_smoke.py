@@ -9,11 +9,13 @@ the harness works, the benchmark itself says how fast things are.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from benchmarks import report
 from benchmarks.ab import commit_line
 from benchmarks.empty_server import canned_response, stack_settings
 from benchmarks.h2load import mix_rps, parse
-from benchmarks.percall import parse_callgrind
+from benchmarks.percall import fixed_calls, parse_callgrind
 from benchmarks.run import capacity
 from cds.v1 import order_check_pb2
 
@@ -243,3 +245,20 @@ def test_the_gap_to_the_throughput_goals_is_stated_in_instructions_per_check():
     assert "PERF-NOTES.md" in text
     assert report.gap_lines({}) == []
     assert report.gap_lines({"percall": {"subjects": {"bare": subject(1, 1)}}}) == []
+
+
+class _SlowCall:
+    """A Check stub taking 5 ms per call: fixed_calls' loop, not gRPC, is under test."""
+
+    def future(self, body: bytes, timeout: float) -> concurrent.futures.Future[bytes]:
+        time.sleep(0.005)
+        done: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+        done.set_result(body)
+        return done
+
+
+def test_fixed_calls_sends_every_call_unless_a_time_bound_stops_it_first():
+    assert fixed_calls(_SlowCall(), [b"a", b"b"], 20, 4)["calls"] == 20
+    bounded = fixed_calls(_SlowCall(), [b"a"], 100_000, 4, max_seconds=0.2)
+    assert 0 < bounded["calls"] < 1_000 and bounded["calls"] % 4 == 0
+    assert bounded["wall_s"] < 2.0
