@@ -654,6 +654,31 @@ def test_an_expectation_other_than_100_continue_is_a_417_naming_the_header(serve
     assert_log_clean(server, log_start)
 
 
+@pytest.mark.parametrize(
+    "method, path, unexpected",
+    [
+        ("POST", "/no-such-endpoint", 404),
+        ("POST", DISCOVERY, 405),  # a path we serve, with a method it does not take
+        ("DELETE", SIGN, 405),
+        ("GET", SIGN + "/feedback/more", 404),
+    ],
+)
+def test_an_odd_expectation_is_a_417_on_any_path_and_method(
+    server, log_start, method, path, unexpected
+):
+    """aiohttp answers the Expect header of a request no route takes with its own
+    handler, which failed (a 500 and an ERROR traceback) on a value not UTF-8."""
+    for value in ("application/json", "\xc6\xc4-not-utf-8"):
+        answer = exchange(server, request(method, path, b"{}", {"Expect": value}))
+        assert (answer.status, answer.json()["issue"][0]["diagnostics"]) == (
+            417,
+            "Expect: only 100-continue is supported",
+        ), answer
+    answer = exchange(server, request(method, path, b"{}", {"Expect": "100-continue"}))
+    assert answer.status == unexpected, answer
+    assert_names_the_fault(answer)
+
+
 def test_a_request_the_http_parser_refuses_logs_none_of_its_bytes(server, log_start):
     """aiohttp's parser quotes the offending bytes in its exception: at ERROR with a
     traceback, a body after a short Content-Length put the patient id in the log."""

@@ -166,6 +166,25 @@ def _outcomes(errors: list[HookError]) -> web.Response:
     return response
 
 
+_UNROUTED = "unrouted"  # the route of every request no endpoint takes
+
+
+async def _unrouted(request: web.Request) -> web.StreamResponse:
+    """A request no endpoint takes: 405 where one has the path, 404 otherwise.
+
+    Why a route, not aiohttp's own refusal: for a request it cannot route aiohttp
+    answers an ``Expect`` header with its default handler, before any middleware, and a
+    value not UTF-8 made that fail (a 500 and an ERROR traceback). Routed here, every
+    request passes :func:`_expect`."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource.name != _UNROUTED:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
 async def _expect(request: web.Request) -> web.StreamResponse | None:
     """``Expect: 100-continue`` as aiohttp answers it; any other expectation a 417 that
     names the header. aiohttp's own 417 quotes the value, and a value that is not
@@ -181,7 +200,9 @@ async def _expect(request: web.Request) -> web.StreamResponse | None:
 def _endpoint(request: web.Request) -> tuple[str, str]:
     """(endpoint, service) for metrics and the JWT audience: our names only."""
     route = request.match_info.route.resource
-    canonical = route.canonical if route is not None else ""
+    if route is None or route.name == _UNROUTED:
+        return "other", ""
+    canonical = route.canonical
     service = request.match_info.get("service", "")
     if service not in SERVICES:
         service = ""
@@ -233,6 +254,8 @@ class HooksDoor:
         app.router.add_post(
             DISCOVERY + "/{service}/feedback", self._submit_feedback, expect_handler=_expect
         )
+        # last: aiohttp tries the longest path prefixes first, and this one is "/"
+        app.router.add_route("*", "/{path:.*}", _unrouted, name=_UNROUTED, expect_handler=_expect)
         return app
 
     async def start(self) -> None:
