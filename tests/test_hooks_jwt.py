@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import jwt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cds.security.hooks_jwt import MAX_LIFETIME_S, REFUSALS, JwtRefused, JwtVerifier
 from tests.support.cds_clients import CdsClient, issuers_file
+from tests.support.fuzz import CI_PROFILE
 
 AUD = "https://cds.hospital.example/cds-services/cds-order-sign"
 
@@ -145,3 +149,82 @@ def test_a_private_key_or_a_weak_curve_in_the_issuers_file_is_refused(tmp_path):
     path.write_text(json.dumps({"issuers": [{"iss": "x", "jwks": {"keys": [p256]}}]}))
     with pytest.raises(ValueError, match="P-384"):
         JwtVerifier(path)
+
+
+# -- any token at all: a refusal with its kind, never another exception ------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_CLAIMS = ("iss", "aud", "iat", "exp", "nbf", "jti", "tenant")
+_DROP = object()
+
+
+def signed(client: CdsClient, claims: dict[str, object]) -> str:
+    """A token of ``client`` with exactly these claims, of any JSON type: signed as raw
+    JSON, since PyJWT's own encoder refuses a claim of the wrong type."""
+    payload = json.dumps(claims).encode()
+    return jwt.PyJWS().encode(
+        payload, client.private_key, algorithm=client.alg, headers={"kid": client.kid}
+    )
+
+
+def test_a_signed_token_with_any_claim_values_is_accepted_or_refused_by_kind(tmp_path):
+    """The claims are the client's JSON: any type can arrive in any of them, signed by a
+    trusted key, so past the signature check. A wrong type must be a refusal (401),
+    not an exception the door would answer 500."""
+    es = CdsClient("https://emr-a.example/", "ES384")
+    verifier = JwtVerifier(issuers_file(tmp_path, es))
+
+    # one or two claims replaced by any JSON value or dropped, the rest valid: so that
+    # each claim's own checks are reached, not only the first one to fail
+    change = st.tuples(st.sampled_from(_CLAIMS), st.just(_DROP) | _JSON)
+
+    @settings(settings.get_profile(CI_PROFILE), max_examples=300)
+    @given(changes=st.lists(change, min_size=1, max_size=2))
+    def one(changes: list[tuple[str, object]]) -> None:
+        now = int(time.time())
+        claims: dict[str, object] = {
+            "iss": es.iss, "aud": AUD, "iat": now, "exp": now + 120, "jti": str(uuid.uuid4())
+        }  # fmt: skip
+        for name, value in changes:
+            if value is _DROP:
+                claims.pop(name, None)
+            else:
+                claims[name] = value
+        try:
+            caller = verifier.verify(f"Bearer {signed(es, claims)}", AUD)
+        except JwtRefused as refused:
+            assert refused.kind in REFUSALS
+            return
+        assert caller.issuer == es.iss
+        assert caller.tenant is None or isinstance(caller.tenant, str)
+
+    one()
+
+
+def test_a_mangled_token_is_refused_by_kind(tmp_path):
+    """Bytes changed, cut or added anywhere in a used token: never accepted again, never
+    an exception other than the refusal. (Base64 decoding skips characters outside its
+    alphabet, so some variants carry the same signed claims: those are replays.)"""
+    es = CdsClient("https://emr-a.example/", "ES384")
+    verifier = JwtVerifier(issuers_file(tmp_path, es))
+    token = es.token(AUD)
+    verifier.verify(f"Bearer {token}", AUD)
+    alphabet = st.sampled_from("ABCxyz019-_.=+/ \x00é")
+
+    @settings(settings.get_profile(CI_PROFILE), max_examples=300)
+    @given(
+        at=st.integers(0, len(token)), cut=st.integers(0, 4), added=st.text(alphabet, max_size=4)
+    )
+    def one(at: int, cut: int, added: str) -> None:
+        mangled = token[:at] + added + token[at + cut :]
+        with pytest.raises(JwtRefused) as refused:
+            verifier.verify(f"Bearer {mangled}", AUD)
+        assert refused.value.kind in REFUSALS
+
+    one()
