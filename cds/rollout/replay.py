@@ -251,6 +251,9 @@ async def replay(
             reached = [r for r in chunk if _touches(r, reach)]
             tally.orders += len(chunk) - len(reached)
             chunk = reached
+        # Filtering alone is ~0.25 ms a chunk: a change that reaches no order would
+        # otherwise hold the loop for all 100,000 kept orders (~50 ms) in one stretch.
+        await slices.maybe_yield()
         results = await _read_all(list(dict.fromkeys(r[1] for r in chunk)), read, slices)
         for record in chunk:
             patient = results.get(record[1])
