@@ -209,9 +209,9 @@ def layout_figures(lay: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# (key, what, goal text, predicate): judged in the unpinned layout, reported in both
 # Issue 12's throughput goals, service/bare-empty, by percall class.
 THROUGHPUT_GOALS = {WARN_CLASS: 0.75, "mix": 0.85}
+# (key, what, goal text, predicate): judged in the unpinned layout, reported in both
 ISSUE12_TARGETS: list[tuple[str, str, str, Any]] = [
     (
         "ratio_warn",
