@@ -154,12 +154,18 @@ def test_the_buffer_keeps_the_most_recent_orders_and_costs_the_collector_nothing
     assert not any(gc.is_tracked(r) for r in recent.records())
 
 
-def test_a_long_replay_lets_other_work_run_on_the_loop_between_slices():
+def replay_beside_a_ticker(
+    orders: int, line_codes: tuple[str, ...], after: Snapshot
+) -> tuple[int, int]:
+    """``orders`` kept orders of these codes replayed against ``after``, while a task
+    ticks whenever the loop lets it: (orders replayed, ticks during the replay)."""
+
     async def main() -> tuple[int, int]:
         store = await store_with(("p1", result("k1", NOW - DAY)))
-        recent = RecentOrders(20_000)
-        for _ in range(20_000):
-            recent.record(order(item(POTASSIUM), item(CHEST_CT, "2"), patient="p1"))
+        recent = RecentOrders(orders)
+        lines = [item(code, str(n)) for n, code in enumerate(line_codes, 1)]
+        for _ in range(orders):
+            recent.record(order(*lines, patient="p1"))
         ticks = 0
 
         async def ticker() -> None:
@@ -172,14 +178,19 @@ def test_a_long_replay_lets_other_work_run_on_the_loop_between_slices():
         await asyncio.sleep(0)
         start = ticks
         before = Engine(make_snapshot())
-        blocks = {C.RECOGNIZABLE_RESULT_EXISTS: Decision.BLOCK}  # reaches every order
-        after = Engine(make_snapshot(version="test-2", severity=blocks))
-        impact = await replay(recent.records(), store.get_patient, before, after, NOW)
+        impact = await replay(recent.records(), store.get_patient, before, Engine(after), NOW)
         during = ticks - start
         task.cancel()
         return impact.orders_replayed, during
 
-    replayed, ticks_during = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_long_replay_lets_other_work_run_on_the_loop_between_slices():
+    blocks = {C.RECOGNIZABLE_RESULT_EXISTS: Decision.BLOCK}  # reaches every order
+    replayed, ticks_during = replay_beside_a_ticker(
+        20_000, (POTASSIUM, CHEST_CT), make_snapshot(version="test-2", severity=blocks)
+    )
     assert replayed == 20_000
     assert ticks_during > 1  # the loop was handed back, not held for the whole replay
 
@@ -188,35 +199,11 @@ def test_a_replay_that_reaches_no_order_still_hands_the_loop_back_between_chunks
     """A change no recent order names (a reload adding 10,000 new codes, say) judges
     nothing, but filtering 100,000 kept orders is ~50 ms: not in one stretch, or
     every order screen waits for it."""
-
-    async def main() -> tuple[int, int]:
-        store = await store_with(("p1", result("k1", NOW - DAY)))
-        recent = RecentOrders(100_000)
-        for _ in range(100_000):
-            recent.record(order(item(CHEST_CT), item(EGFR, "2"), patient="p1"))
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.get_running_loop().create_task(ticker())
-        await asyncio.sleep(0)
-        start = ticks
-        shorter = make_snapshot(
-            version="test-2",
-            recognition_items=[recognition_item(validity_days=1), DEFAULT_RECOGNITION[1]],
-        )  # potassium only, which no order names
-        impact = await replay(
-            recent.records(), store.get_patient, Engine(make_snapshot()), Engine(shorter), NOW
-        )
-        during = ticks - start
-        task.cancel()
-        return impact.orders_replayed, during
-
-    replayed, ticks_during = asyncio.run(main())
+    shorter = make_snapshot(
+        version="test-2",
+        recognition_items=[recognition_item(validity_days=1), DEFAULT_RECOGNITION[1]],
+    )  # potassium only, which no order names
+    replayed, ticks_during = replay_beside_a_ticker(100_000, (CHEST_CT, EGFR), shorter)
     assert replayed == 100_000
     assert ticks_during > 1
 
