@@ -413,6 +413,21 @@ def test_refusals_are_counted_by_endpoint_service_and_status(server):
     assert after == before + 1
 
 
+def test_a_path_or_method_no_endpoint_takes_is_counted_as_other(server):
+    """Such requests go to a catch-all route; the label stays 'other', never the
+    caller's path (unbounded) nor 'service' (what that route's pattern looks like)."""
+    labels = {"endpoint": "other", "service": ""}
+    before = {s: metric(server.metrics_text(), "cds_hooks_requests_total", status=s, **labels)
+              for s in ("404", "405")}  # fmt: skip
+    assert server.hooks("/no-such-endpoint", {"x": 1})[0] == 404
+    assert server.hooks("/cds-services", {"x": 1})[0] == 405  # POST where only GET is served
+    text = server.metrics_text()
+    for status in ("404", "405"):
+        n = metric(text, "cds_hooks_requests_total", status=status, **labels)
+        assert n == before[status] + 1, status
+    assert "no-such-endpoint" not in text
+
+
 # --------------------------------------------------------------------------- peers' shapes
 
 
