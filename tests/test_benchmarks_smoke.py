@@ -262,3 +262,16 @@ def test_fixed_calls_sends_every_call_unless_a_time_bound_stops_it_first():
     bounded = fixed_calls(_SlowCall(), [b"a"], 100_000, 4, max_seconds=0.2)
     assert 0 < bounded["calls"] < 1_000 and bounded["calls"] % 4 == 0
     assert bounded["wall_s"] < 2.0
+
+
+def test_reload_parts_times_each_part_of_a_small_reload():
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.reload_parts", "--entries", "50", "--repeat", "1"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    parts = json.loads(out.stdout)
+    for key in ("parse_ms", "engine_ms", "diff_ms", "footprint_ms", "loop_longest_wait_ms"):
+        assert parts[key] > 0, key
+    shipped = json.loads((ROOT / "catalog" / "catalog.json").read_text(encoding="utf-8"))
+    originals = len(shipped["recognition_items"]) + len(shipped["gene_tests"])
+    assert parts["footprint_codes"] == 50 - originals  # the added entries, and only them
